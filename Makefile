@@ -1,0 +1,37 @@
+# The tested torch pair is installed first, then the project (editable) with its dev tools.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# The main job: build the synthetic BTXRD-layout demo, then explain it.
+demo: install
+	$(BIN)/btxrd-cam demo $(DEMO_DIR)
+	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam gallery > /dev/null
+	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam annotate-iou > /dev/null
+	@echo "Galleries and the annotation report are in $(DEMO_DIR)/results/gradcam/" >&2
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from btxrd_cam.cli import main
+
+main()

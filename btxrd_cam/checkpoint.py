@@ -1,0 +1,271 @@
+"""Checkpoints: the upstream training format (or a bare timm state dict) → a ready timm model, loaded safely.
+
+`load_checkpoint(path) -> Checkpoint` is our factory for users' files, as `timm.create_model` is for models.
+Not for: running the model (engine.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from btxrd_cam.data import DEFAULT_CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
+from btxrd_cam.errors import CheckpointError
+
+TRUNK_CONTAINERS = ("features", "stages")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded classifier and everything needed to preprocess for it and explain it."""
+
+    model: nn.Module
+    arch: str
+    class_names: list[str]
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    target_layer_name: str
+    path: Path
+    sha256: str
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def target_layer(self) -> nn.Module:
+        return self.model.get_submodule(self.target_layer_name)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _safe_load(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused — this checkpoint needs arbitrary unpickling, which can run code; btxrd-cam loads "
+            f"with weights_only=True only. Re-save it as tensors and plain types ({str(exc).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+
+
+def _strip_prefixes(state: dict) -> dict:
+    keys = list(state)
+    for prefix in ("module.", "model."):
+        if keys and all(k.startswith(prefix) for k in keys):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+            keys = list(state)
+    return state
+
+
+def _create_model(arch: str, num_classes: int, attn_layer: str | None) -> nn.Module:
+    kwargs = {"pretrained": False, "num_classes": num_classes}
+    if attn_layer:
+        kwargs["block_args"] = {"attn_layer": attn_layer}
+    try:
+        return timm.create_model(arch, **kwargs)
+    except RuntimeError as exc:  # timm: "Unknown model (...)"
+        raise CheckpointError(f"--arch: {exc}") from None
+
+
+def _describe(keys: list[str], limit: int = 5) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _parse_layer_name(name: str) -> str:
+    """`stages[-1]` → `stages.-1`; dotted names pass through."""
+    return re.sub(r"\[(-?\d+)\]", r".\1", name).strip(".")
+
+
+def get_layer(model: nn.Module, name: str) -> tuple[str, nn.Module]:
+    """Resolve a layer name (dotted, `[i]` indices allowed, negative too) to its canonical name and module."""
+    parts, module, canonical = _parse_layer_name(name).split("."), model, []
+    for part in parts:
+        children = dict(module.named_children())
+        if part.lstrip("-").isdigit() and part.startswith("-") and children:
+            part = list(children)[int(part)] if -len(children) <= int(part) else part
+        if part not in children:
+            raise CheckpointError(
+                f"--target-layer: {name!r} is not a layer of this model (at {part!r}; children: "
+                f"{_describe(list(children))})"
+            )
+        module, canonical = children[part], [*canonical, part]
+    return ".".join(canonical), module
+
+
+def resolve_target_layer(model: nn.Module, image_size: int = 224) -> str:
+    """Name of the module whose output is the final 4-D feature map, the one global pooling reads.
+
+    Found by one dummy forward: the feature map is what `forward_features` returns (timm), else the last 4-D
+    output with more than one pixel. The outermost module producing that very tensor wins (EfficientNet `bn2`,
+    ResNet `layer4`), descending into whole-trunk containers (`features`, `stages`) to their last child
+    (DenseNet `features.norm5`, ConvNeXt `stages.3`). Pass-through modules (Identity) never count.
+    """
+    outputs: list[tuple[str, torch.Tensor]] = []
+    handles = []
+
+    def hook_for(name):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor) and output.ndim == 4:
+                if not (inputs and output is inputs[0]):
+                    outputs.append((name, output))
+
+        return hook
+
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_hook(hook_for(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            x = torch.zeros(1, 3, image_size, image_size)
+            if hasattr(model, "forward_features"):
+                features = model.forward_features(x)
+            else:
+                model(x)
+                features = next(o for _, o in reversed(outputs) if o.shape[-1] * o.shape[-2] > 1)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    producers = [name for name, output in outputs if output is features]
+    if not producers:
+        raise CheckpointError("could not find the feature-map layer of this model; pass --target-layer NAME")
+    outermost = min(producers, key=lambda n: (n.count("."), -producers.index(n)))
+    if outermost in TRUNK_CONTAINERS:
+        children = [n for n in producers if n.startswith(outermost + ".") and n.count(".") == 1]
+        if children:
+            outermost = children[-1]
+    return outermost
+
+
+def load_checkpoint(
+    path: Path,
+    arch: str | None = None,
+    class_names: list[str] | None = None,
+    target_layer: str | None = None,
+) -> Checkpoint:
+    """Load a checkpoint safely (`weights_only=True`) and build its model with timm (`pretrained=False`).
+
+    Accepts the upstream training format (`model_state_dict` + `config` + `class_names` + `normalization`)
+    or a bare state dict of timm keys (optionally prefixed `module.`/`model.`) together with `arch` and
+    `class_names`. Raises CheckpointError with the reason for anything else.
+    """
+    path = Path(path)
+    raw = _safe_load(path)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a dict (upstream format or a state dict), got {type(raw).__name__}")
+    metadata: dict = {}
+    if "model_state_dict" in raw:
+        config = raw.get("config") or {}
+        model_cfg = config.get("model") or {}
+        data_cfg = config.get("data") or {}
+        state = raw["model_state_dict"]
+        arch = arch or model_cfg.get("backbone") or model_cfg.get("name")
+        names = class_names or raw.get("class_names") or model_cfg.get("class_names")
+        image_size = int(data_cfg.get("image_size") or 224)
+        norm = raw.get("normalization") or {}
+        mean = tuple(float(v) for v in norm.get("mean", IMAGENET_MEAN))
+        std = tuple(float(v) for v in norm.get("std", IMAGENET_STD))
+        attn_layer = model_cfg.get("attn_layer")
+        metadata = {k: raw[k] for k in ("epoch", "val_loss") if k in raw and isinstance(raw[k], (int, float))}
+    else:
+        state, names, image_size, mean, std, attn_layer = raw, class_names, 224, IMAGENET_MEAN, IMAGENET_STD, None
+        if not arch:
+            raise CheckpointError(f"{path}: a bare state dict needs --arch (e.g. efficientnet_b0)")
+    if not arch:
+        raise CheckpointError(f"{path}: the checkpoint does not name its backbone; pass --arch")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: the model state is not a dict of tensors")
+    state = _strip_prefixes(state)
+    head = _classifier_rows(state)
+    names = list(names) if names else (list(DEFAULT_CLASS_NAMES) if head in (None, 3) else None)
+    if not names:
+        raise CheckpointError(f"{path}: the checkpoint has {head} classes and no class names; pass --class-names")
+    if head is not None and head != len(names):
+        raise CheckpointError(f"{path}: {len(names)} class names given for a {head}-class classifier")
+    model = _create_model(arch, len(names), attn_layer)
+    result = model.load_state_dict(state, strict=False)
+    shape_errors = [
+        k for k, v in model.state_dict().items() if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if result.missing_keys or result.unexpected_keys or shape_errors:
+        problems = []
+        if result.missing_keys:
+            problems.append(f"missing keys: {_describe(result.missing_keys)}")
+        if result.unexpected_keys:
+            problems.append(f"unexpected keys: {_describe(result.unexpected_keys)}")
+        if shape_errors:
+            problems.append(f"shape mismatch: {_describe(shape_errors)}")
+        raise CheckpointError(f"{path}: weights do not fit {arch} — " + "; ".join(problems))
+    model.eval()
+    layer_name = get_layer(model, target_layer)[0] if target_layer else resolve_target_layer(model, image_size)
+    return Checkpoint(
+        model=model,
+        arch=arch,
+        class_names=names,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        target_layer_name=layer_name,
+        path=path,
+        sha256=sha256_of(path),
+        metadata=metadata,
+    )
+
+
+def _classifier_rows(state: dict) -> int | None:
+    """Number of classes of the final linear layer, read from the state dict when recognisable."""
+    for key in ("classifier.weight", "fc.weight", "head.fc.weight", "head.weight", "last_linear.weight"):
+        if key in state and state[key].ndim == 2:
+            return int(state[key].shape[0])
+    return None
+
+
+def save_upstream_checkpoint(
+    path: Path,
+    model: nn.Module,
+    arch: str,
+    class_names: list[str],
+    image_size: int,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    extra: dict | None = None,
+) -> None:
+    """Save a timm model exactly as the upstream training code does (wrapper keys start with `model.`)."""
+    state = {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {
+        "epoch": 0,
+        "model_state_dict": state,
+        "config": {
+            "model": {"backbone": arch, "num_classes": len(class_names), "class_names": list(class_names), "dropout": 0.0},
+            "data": {"image_size": image_size},
+        },
+        "class_names": list(class_names),
+        "normalization": {"mean": list(mean), "std": list(std)},
+    }
+    payload.update(extra or {})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)

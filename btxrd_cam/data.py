@@ -1,0 +1,300 @@
+"""The BTXRD data layer: metadata, split manifests, image discovery, decoding and the upstream test transform.
+
+Not for: annotations (labelme.py) or anything that touches a model (engine.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from btxrd_cam.errors import InputError, UsageError
+
+DEFAULT_CLASS_NAMES = ("Normal", "Benign", "Malignant")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+SITE_COLUMNS = (
+    "hand", "ulna", "radius", "humerus", "foot", "tibia", "fibula", "femur", "hip bone",
+    "ankle-joint", "knee-joint", "hip-joint", "wrist-joint", "elbow-joint", "shoulder-joint",
+)  # fmt: skip
+SUBTYPE_COLUMNS = (
+    "osteochondroma", "multiple osteochondromas", "simple bone cyst", "giant cell tumor", "osteofibroma",
+    "synovial osteochondroma", "other bt", "osteosarcoma", "other mt",
+)  # fmt: skip
+REGION_COLUMNS = ("upper limb", "lower limb", "pelvis")
+VIEW_COLUMNS = ("frontal", "lateral", "oblique")
+DATASET_COLUMNS = (
+    ("image_id", "center", "age", "gender")
+    + SITE_COLUMNS
+    + ("tumor", "benign", "malignant")
+    + SUBTYPE_COLUMNS
+    + REGION_COLUMNS
+    + VIEW_COLUMNS
+)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+SUBSETS = ("train", "val", "test")
+# Decoding more than this many pixels is refused per image (a 12000 x 9000 radiograph is 108 M).
+MAX_PIXELS = 250_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """One row of dataset.csv reduced to what btxrd-cam reports."""
+
+    image_id: str
+    center: str | None
+    label: str
+    subtype: str | None
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image to explain: where it is, what it is (when known) and where its annotation would be."""
+
+    image_id: str
+    path: Path
+    label: str | None = None
+    annotation: Path | None = None
+    subtype: str | None = None
+
+
+def image_stem(image_id: str) -> str:
+    """`IMG000001.jpeg` and `IMG000001` name the same image."""
+    suffix = Path(image_id).suffix.lower()
+    return Path(image_id).stem if suffix in IMAGE_SUFFIXES else image_id
+
+
+def _flag(value: object) -> bool:
+    try:
+        return float(str(value).strip() or 0) == 1.0
+    except ValueError:
+        return False
+
+
+def label_from_row(row: dict[str, object]) -> str:
+    """Class label of a dataset row: malignant=1 → Malignant, else benign=1 → Benign, else Normal."""
+    if _flag(row.get("malignant")):
+        return "Malignant"
+    if _flag(row.get("benign")):
+        return "Benign"
+    return "Normal"
+
+
+def subtype_from_row(row: dict[str, object]) -> str | None:
+    """The subtype column set to 1, or None for normal images."""
+    for column in SUBTYPE_COLUMNS:
+        if _flag(row.get(column)):
+            return column
+    return None
+
+
+def _read_rows(data_root: Path) -> list[dict[str, object]]:
+    csv_path, xlsx_path = data_root / "dataset.csv", data_root / "dataset.xlsx"
+    if csv_path.is_file():
+        with csv_path.open(newline="", encoding="utf-8-sig") as f:
+            return [{k.strip().lower(): v for k, v in row.items() if k} for row in csv.DictReader(f)]
+    if xlsx_path.is_file():
+        try:
+            import openpyxl
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise UsageError(f"{xlsx_path}: reading .xlsx needs openpyxl (pip install 'btxrd-cam[xlsx]')") from exc
+        sheet = openpyxl.load_workbook(xlsx_path, read_only=True, data_only=True).worksheets[0]
+        rows = sheet.iter_rows(values_only=True)
+        header = [str(h).strip().lower() if h is not None else "" for h in next(rows, [])]
+        return [dict(zip(header, values, strict=False)) for values in rows]
+    return []
+
+
+def read_metadata(data_root: Path) -> dict[str, ImageMeta]:
+    """Read `dataset.csv` (or `dataset.xlsx`, first sheet) keyed by image stem; {} when neither exists."""
+    metadata = {}
+    for row in _read_rows(Path(data_root)):
+        image_id = str(row.get("image_id") or "").strip()
+        if not image_id:
+            continue
+        center = row.get("center")
+        metadata[image_stem(image_id)] = ImageMeta(
+            image_id=image_id,
+            center=None if center in (None, "") else str(center),
+            label=label_from_row(row),
+            subtype=subtype_from_row(row),
+        )
+    return metadata
+
+
+def manifest_path(splits_dir: Path, split: str, subset: str) -> Path:
+    """`stratified`/`center` name `<splits_dir>/<split>_<subset>.csv`; anything else is a manifest path."""
+    if split in ("stratified", "center"):
+        return Path(splits_dir) / f"{split}_{subset}.csv"
+    return Path(split)
+
+
+def read_manifest(path: Path) -> list[tuple[str, str | None]]:
+    """(image_id, label) rows of a split manifest with columns `image_id, split, label`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"split manifest {path} does not exist")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        fields = [c.strip().lower() for c in reader.fieldnames or []]
+        if "image_id" not in fields:
+            raise UsageError(f"split manifest {path} has no image_id column (columns: {', '.join(fields)})")
+        rows = []
+        for row in reader:
+            row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+            if row.get("image_id"):
+                rows.append((row["image_id"], row.get("label") or None))
+    return rows
+
+
+def resolve_image(images_dir: Path, image_id: str) -> Path:
+    """The file of an image id: the exact name if present, else the stem with a known suffix."""
+    exact = images_dir / image_id
+    if exact.is_file():
+        return exact
+    stem = image_stem(image_id)
+    for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):
+        candidate = images_dir / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return exact  # missing: decoding it becomes this image's error
+
+
+def split_items(data_root: Path, manifest: Path) -> list[ImageItem]:
+    """The images of one split manifest, with labels, annotation paths and subtypes from the data root."""
+    data_root = Path(data_root)
+    metadata = read_metadata(data_root)
+    items = []
+    for image_id, label in read_manifest(manifest):
+        stem = image_stem(image_id)
+        meta = metadata.get(stem)
+        annotation = data_root / "Annotations" / f"{stem}.json"
+        items.append(
+            ImageItem(
+                image_id=stem,
+                path=resolve_image(data_root / "images", image_id),
+                label=label or (meta.label if meta else None),
+                annotation=annotation if annotation.is_file() else None,
+                subtype=meta.subtype if meta else None,
+            )
+        )
+    return items
+
+
+def find_images(inputs: list[str]) -> list[ImageItem]:
+    """Image paths, directories (searched recursively) and globs → items in a stable order.
+
+    A path that does not exist or a directory without images raises UsageError naming it.
+    """
+    paths: list[Path] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                raise UsageError(f"{text}: directory contains no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        elif glob.has_magic(text):
+            found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not found:
+                raise UsageError(f"{text}: pattern matches no files")
+            paths.extend(found)
+        else:
+            raise UsageError(f"{text}: no such file or directory")
+    seen, items = set(), []
+    for path in paths:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            items.append(ImageItem(image_id=path.stem, path=path))
+    return items
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if array.dtype in (np.uint16, np.int32, np.int64, np.uint32) and array.max(initial=0) <= 65535:
+        # 16-bit radiographs: scale the full 16-bit range to 8 bits (never clip)
+        return ((array.astype(np.float64) * 255.0 / 65535.0) + 0.5).astype(np.uint8)
+    array = array.astype(np.float64)
+    lo, hi = float(array.min(initial=0)), float(array.max(initial=0))
+    return ((array - lo) * (255.0 / (hi - lo or 1.0)) + 0.5).astype(np.uint8)
+
+
+def load_image(path: Path, keep_gray: bool = False, draft_size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode an image file as 8-bit pixels and report its original (height, width).
+
+    Returns `pixels: uint8 [H, W, 3]` (RGB) — or `[H, W]` when `keep_gray` and the file is single-channel, which
+    is exact: Pillow's RGB conversion of a grayscale image replicates the channel. EXIF orientation is applied;
+    16-bit images are scaled, palette and alpha images converted. `draft_size` lets libjpeg decode JPEGs at a
+    reduced DCT scale no smaller than that many pixels per side (the `--fast-decode` path; not exact).
+    Raises InputError naming the file for anything unreadable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise InputError(path, f"image too large ({width}x{height} pixels)")
+                orientation = image.getexif().get(0x0112, 1)
+                if orientation in (5, 6, 7, 8):
+                    width, height = height, width
+                if draft_size and image.format == "JPEG":
+                    image.draft(image.mode, (draft_size, draft_size))
+                image = ImageOps.exif_transpose(image)
+                mode = image.mode
+                if mode in ("L", "I;16", "I;16B", "I;16L", "I", "F", "1"):
+                    pixels = _to_uint8(np.asarray(image))
+                elif mode == "LA":
+                    pixels = np.asarray(image.convert("L"))
+                else:
+                    pixels = np.asarray(image.convert("RGB"))
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InputError(path, f"image too large ({exc})") from exc
+    except Image.UnidentifiedImageError:
+        raise InputError(path, "not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(path, f"unreadable image ({exc})") from None
+    if pixels.ndim == 2 and not keep_gray:
+        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(pixels), (height, width)
+
+
+def preprocess(pixels: np.ndarray, image_size: int, mean, std) -> np.ndarray:
+    """The upstream test transform: INTER_LINEAR resize to a square, /255, normalise.
+
+    pixels: uint8 [H, W, 3] or [H, W] (replicated to 3 channels after the resize, which is exact).
+    Returns float32 [3, image_size, image_size].
+    """
+    resized = cv2.resize(pixels, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+    if resized.ndim == 2:
+        resized = resized[:, :, None]
+    scaled = resized.astype(np.float32) / np.float32(255.0)
+    # a single grey channel broadcasts against the 3-channel mean/std: the replication is free
+    normalized = (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(normalized.transpose(2, 0, 1))
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)

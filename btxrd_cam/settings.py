@@ -1,0 +1,274 @@
+"""Pydantic settings: every command's options, validated before any model or image is loaded.
+
+Each field is named after its CLI option (`batch_size` ↔ `--batch-size`), so a validation error can name the
+option, the value given and what is allowed. Not for: parsing argv (cli.py) or doing work.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import torch
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, field_validator, model_validator
+
+from btxrd_cam.data import SUBSETS, default_workers
+from btxrd_cam.errors import UsageError
+
+DEFAULT_CKPT = Path("checkpoints/best_stratified.pt")
+CKPT_ENV = "BTXRD_CAM_CKPT"
+METHOD_NAMES = (
+    "gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "eigencam", "eigengradcam", "scorecam", "ablationcam",
+)  # fmt: skip
+
+
+def _int_at_least(minimum: int):
+    def check(value):
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"must be a whole number ≥ {minimum}") from None
+        if number < minimum:
+            raise ValueError(f"must be a whole number ≥ {minimum}")
+        return number
+
+    return BeforeValidator(check)
+
+
+def _open_unit(value) -> float:
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ValueError("must be a number strictly between 0 and 1") from None
+    if not (0.0 < number < 1.0) or math.isnan(number):
+        raise ValueError("must be a number strictly between 0 and 1")
+    return number
+
+
+def _threshold(value) -> float | str:
+    text = str(value).strip().lower()
+    if text in ("otsu", "tune"):
+        return text
+    try:
+        return _open_unit(text)
+    except ValueError:
+        raise ValueError("must be a number strictly between 0 and 1, 'otsu' or 'tune'") from None
+
+
+def _choice(*allowed: str):
+    def check(value):
+        text = str(value).strip().lower()
+        if text not in allowed:
+            raise ValueError("must be one of " + ", ".join(allowed))
+        return text
+
+    return BeforeValidator(check)
+
+
+Count = Annotated[int, _int_at_least(1)]
+Workers = Annotated[int, _int_at_least(0)]
+UnitFloat = Annotated[float, BeforeValidator(_open_unit)]
+
+
+def default_checkpoint() -> Path:
+    return Path(os.environ.get(CKPT_ENV) or DEFAULT_CKPT)
+
+
+def infer_split(ckpt: Path) -> str:
+    """`best_center.pt` → center; anything else → stratified (the upstream default)."""
+    match = re.fullmatch(r"best_(\w+)\.pt", Path(ckpt).name)
+    return match.group(1) if match and match.group(1) in ("stratified", "center") else "stratified"
+
+
+def check_device(value: str) -> str:
+    text = str(value).strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError("CUDA is not available on this machine; use --device cpu (or auto)")
+        index = int(text.split(":")[1]) if ":" in text else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"there are {torch.cuda.device_count()} CUDA device(s); use cuda:0 … cuda:N-1")
+    return text
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class ModelSettings(BaseModel):
+    """What every command needs to load and run the model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ckpt: Path = DEFAULT_CKPT
+    arch: str | None = None
+    class_names: list[str] | None = None
+    target_layer: str | None = None
+    device: Annotated[str, BeforeValidator(check_device)] = "auto"
+    batch_size: Count = 16
+    workers: Workers = default_workers()
+    amp: bool = False
+    method: Annotated[str, _choice(*METHOD_NAMES)] = "gradcam"
+    target: str = "pred"
+    aug_smooth: bool = False
+    eigen_smooth: bool = False
+    fast_decode: bool = False
+    quiet: bool = False
+
+    @field_validator("ckpt")
+    @classmethod
+    def _ckpt_is_file(cls, value: Path) -> Path:
+        if not value.exists():
+            hint = (
+                f" (the default; set --ckpt or {CKPT_ENV}, or make one with `btxrd-cam demo DIR`)"
+                if value == default_checkpoint()
+                else ""
+            )
+            raise ValueError(f"no such checkpoint file{hint}")
+        if not value.is_file():
+            raise ValueError("must be a checkpoint file, not a directory")
+        return value
+
+    @field_validator("class_names", mode="before")
+    @classmethod
+    def _split_names(cls, value):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if value is not None and len(value) < 2:
+            raise ValueError("must list at least two comma-separated class names")
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must be pred, true or a class name")
+        return value.lower() if value.lower() in ("pred", "true") else value
+
+    @model_validator(mode="after")
+    def _amp_needs_cuda(self):
+        if self.amp and resolve_device(self.device).type != "cuda":
+            raise ValueError("--amp: autocast is for CUDA; drop --amp or use --device cuda")
+        return self
+
+    @property
+    def torch_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+
+class SplitSettings(BaseModel):
+    """Where a split's images, labels and annotations are (the upstream project layout by default)."""
+
+    data_root: Path = Path("data_raw")
+    splits_dir: Path = Path("data/splits")
+    split: str | None = None
+    subset: Annotated[str, _choice(*SUBSETS)] = "test"
+
+    @field_validator("split")
+    @classmethod
+    def _split(cls, value: str | None) -> str | None:
+        if value is None or value in ("stratified", "center"):
+            return value
+        path = Path(value)
+        if path.suffix.lower() == ".csv" and path.is_file():
+            return value
+        if path.suffix.lower() == ".csv":
+            raise ValueError("manifest file does not exist")
+        raise ValueError("must be stratified, center or a path to a manifest CSV")
+
+    @model_validator(mode="after")
+    def _default_split(self):
+        if self.split is None:
+            object.__setattr__(self, "split", infer_split(getattr(self, "ckpt", DEFAULT_CKPT)))
+        return self
+
+
+class OutputSettings(BaseModel):
+    out: Path = Path("results/gradcam")
+
+    @field_validator("out")
+    @classmethod
+    def _writable(cls, value: Path) -> Path:
+        existing = next((p for p in [value, *value.parents] if p.exists()), Path("."))
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            raise ValueError(f"cannot write here ({existing} is not a writable directory)")
+        return value
+
+
+class InferSettings(ModelSettings, SplitSettings):
+    inputs: list[str] = []
+    format: Annotated[str, _choice("jsonl", "json", "csv")] = "jsonl"
+    output: Path | None = None
+    metrics: Path | None = None
+
+
+class ExplainSettings(ModelSettings, OutputSettings):
+    inputs: list[str]
+    out: Path = Path(".")
+    alpha: UnitFloat = 0.4
+    save_heatmap: bool = False
+    annotation: Path | None = None
+    threshold: UnitFloat = 0.5
+
+    @field_validator("annotation")
+    @classmethod
+    def _annotation(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError("no such annotation file")
+        return value
+
+
+class GallerySettings(ModelSettings, SplitSettings, OutputSettings):
+    k: Count = 3
+    format: Annotated[str, _choice("png", "jpg")] = "png"
+
+
+class AnnotateSettings(ModelSettings, SplitSettings, OutputSettings):
+    threshold: Annotated[float | str, BeforeValidator(_threshold)] = 0.5
+    select: Annotated[str, _choice("all", "correct")] = "all"
+    top: Count = 5
+    resolution: Annotated[str, _choice("original", "model")] = "original"
+
+
+class DemoSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    out_dir: Path
+    seed: Annotated[int, _int_at_least(0)] = 0
+    images: Annotated[int, _int_at_least(30)] = 300
+    arch: str = "efficientnet_b0"
+    image_size: Annotated[int, _int_at_least(32)] = 128
+    epochs: Count = 14
+    quiet: bool = False
+
+
+def option_name(field: str) -> str:
+    if field in ("inputs", "out_dir"):
+        return field.upper().rstrip("S")
+    return "--" + field.replace("_", "-")
+
+
+def build_settings(model: type[BaseModel], **values) -> BaseModel:
+    """Validate options into settings; UsageError with one line per problem (option, value, what is allowed)."""
+    values = {k: v for k, v in values.items() if v is not None}
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if error["loc"]:
+                field = str(error["loc"][0])
+                given = values.get(field, error.get("input"))
+                lines.append(f"{option_name(field)}: got {given!s:.80}; {message}")
+            else:
+                lines.append(message)
+        raise UsageError("\n".join(lines)) from None
