@@ -54,16 +54,33 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _first_reason(exc: Exception) -> str:
+    """The line of torch's message that names the cause (it leads with advice about weights_only)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "Unsupported" in line or "invalid load key" in line:
+            return line
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    with Path(path).open("rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # torch.save zip, or a raw pickle
+
+
 def _safe_load(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not _looks_like_pickle(path):  # not a checkpoint at all
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_reason(exc)})") from None
         raise CheckpointError(
             f"{path}: refused — this checkpoint needs arbitrary unpickling, which can run code; btxrd-cam loads "
-            f"with weights_only=True only. Re-save it as tensors and plain types ({str(exc).splitlines()[0]})"
+            f"with weights_only=True only. Re-save it as tensors and plain types ({_first_reason(exc)})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_reason(exc)})") from None
 
 
 def _strip_prefixes(state: dict) -> dict:
@@ -204,19 +221,20 @@ def load_checkpoint(
     if head is not None and head != len(names):
         raise CheckpointError(f"{path}: {len(names)} class names given for a {head}-class classifier")
     model = _create_model(arch, len(names), attn_layer)
-    result = model.load_state_dict(state, strict=False)
-    shape_errors = [
-        k for k, v in model.state_dict().items() if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if result.missing_keys or result.unexpected_keys or shape_errors:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shape_errors = [k for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shape_errors:
         problems = []
-        if result.missing_keys:
-            problems.append(f"missing keys: {_describe(result.missing_keys)}")
-        if result.unexpected_keys:
-            problems.append(f"unexpected keys: {_describe(result.unexpected_keys)}")
+        if missing:
+            problems.append(f"missing keys: {_describe(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys: {_describe(unexpected)}")
         if shape_errors:
             problems.append(f"shape mismatch: {_describe(shape_errors)}")
         raise CheckpointError(f"{path}: weights do not fit {arch} — " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
     model.eval()
     layer_name = get_layer(model, target_layer)[0] if target_layer else resolve_target_layer(model, image_size)
     return Checkpoint(

@@ -191,36 +191,36 @@ def split_items(data_root: Path, manifest: Path) -> list[ImageItem]:
     return items
 
 
-def find_images(inputs: list[str]) -> list[ImageItem]:
+def find_images(inputs: list[str]) -> tuple[list[ImageItem], list[tuple[str, str]]]:
     """Image paths, directories (searched recursively) and globs → items in a stable order.
 
-    A path that does not exist or a directory without images raises UsageError naming it.
+    Returns (items, failures): an input that names nothing, a directory without images or a pattern matching
+    nothing becomes a (input, reason) failure; the other inputs still count.
     """
     paths: list[Path] = []
+    failures: list[tuple[str, str]] = []
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise UsageError(f"{text}: directory contains no images ({', '.join(IMAGE_SUFFIXES)})")
+                failures.append((text, f"directory contains no images ({', '.join(IMAGE_SUFFIXES)})"))
             paths.extend(found)
         elif path.is_file():
             paths.append(path)
         elif glob.has_magic(text):
             found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
             if not found:
-                raise UsageError(f"{text}: pattern matches no files")
+                failures.append((text, "pattern matches no files"))
             paths.extend(found)
         else:
-            raise UsageError(f"{text}: no such file or directory")
+            failures.append((text, "no such file or directory"))
     seen, items = set(), []
     for path in paths:
         if path.resolve() not in seen:
             seen.add(path.resolve())
             items.append(ImageItem(image_id=path.stem, path=path))
-    return items
+    return items, failures
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:

@@ -61,7 +61,7 @@ class Explanation:
 
     logits, probs: float32 [C]; pred, target: class indices; cam: float32 [h, w] in [0, 1] — the raw map on the
     feature grid (model resolution for the library-path methods); orig_size: (H, W) of the decoded original;
-    pixels: uint8 [H, W, 3] only when the caller asked to keep them. A failed image has `error` and nothing else.
+    pixels: uint8 [H, W] or [H, W, 3] only when the caller asked to keep them. A failed image has `error` and nothing else.
     """
 
     index: int
@@ -87,6 +87,16 @@ def upsample_cam(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     height, width = size
     resized = scale_cam_image(cam[None].astype(np.float32), (width, height))
     return scale_cam_image(np.maximum(resized, 0))[0]
+
+
+@contextlib.contextmanager
+def restored_mode(model: torch.nn.Module):
+    """Whatever mode the model is put in inside, it leaves in the mode it came in."""
+    was_training = model.training
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 @contextlib.contextmanager
@@ -142,7 +152,8 @@ class Engine:
         self.fast_decode = fast_decode
         self.single_pass = method in SINGLE_PASS and not aug_smooth
         # pytorch-grad-cam's method object, used only for its channel weighting (it hooks nothing here)
-        self._weighting = METHODS[method](self.model, target_layers=[])
+        with restored_mode(self.model):
+            self._weighting = METHODS[method](self.model, target_layers=[])
 
     @property
     def class_names(self) -> list[str]:
@@ -219,7 +230,7 @@ class Engine:
     def _explain_with_library(self, batch, targets):
         logits = self.predict_tensors(batch)
         chosen = self._resolve_targets(logits, targets).tolist()
-        with METHODS[self.method](self.model, target_layers=[self.layer]) as cam:
+        with restored_mode(self.model), METHODS[self.method](self.model, target_layers=[self.layer]) as cam:
             maps = cam(
                 batch,
                 [ClassifierOutputTarget(int(t)) for t in chosen],
@@ -234,9 +245,7 @@ class Engine:
     def decode(self, item: ImageItem, keep_pixels: bool = False) -> _Decoded:
         """Decode and preprocess one image (the upstream test transform); InputError if it cannot be used."""
         size = self.checkpoint.image_size
-        pixels, orig_size = load_image(
-            item.path, keep_gray=not keep_pixels, draft_size=2 * size if self.fast_decode else None
-        )
+        pixels, orig_size = load_image(item.path, keep_gray=True, draft_size=2 * size if self.fast_decode else None)
         if min(pixels.shape[:2]) < 2:
             raise InputError(item.path, f"image too small ({pixels.shape[1]}x{pixels.shape[0]} pixels)")
         tensor = preprocess(pixels, size, self.checkpoint.mean, self.checkpoint.std)

@@ -1,0 +1,223 @@
+"""`btxrd-cam annotate-iou`: agreement between CAMs and the radiologists' LabelMe tumour outlines.
+
+Explain the annotated images of the split once, score each against its mask (at the original size by
+default), summarise with bootstrap intervals and breakdowns, and draw the most confident correct cases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from btxrd_cam.console import show, summary_table, warn
+from btxrd_cam.data import ImageItem, load_image, manifest_path
+from btxrd_cam.engine import Engine, Explanation, resize_mask, upsample_cam
+from btxrd_cam.errors import InputError, UsageError
+from btxrd_cam.labelme import rasterize_annotation
+from btxrd_cam.metrics import (
+    SWEEP_THRESHOLDS,
+    bootstrap_ci,
+    describe,
+    iou_sweep,
+    lesion_size_bins,
+    localization_metrics,
+    otsu_threshold,
+)
+from btxrd_cam.pipeline import checkpoint_info, explain_items, load_split, open_engine
+from btxrd_cam.render import comparison_figure
+from btxrd_cam.reports import SCHEMA_VERSION, write_report
+from btxrd_cam.settings import AnnotateSettings
+
+METRICS = ("iou", "dice", "pointing_game", "energy_pointing_game", "pxap", "cam_area", "mask_area")
+REPORT_NAME = "annotation_report.json"
+FIGURE_NAME = "annotation_comparison.png"
+
+
+@dataclass
+class Scored:
+    """One scored image: its report record plus the small things the figure needs later."""
+
+    record: dict
+    item: ImageItem
+    cam: np.ndarray | None
+    sweep: list[float] | None
+
+
+@dataclass
+class AnnotateOutcome:
+    report: dict
+    text: str
+    failed: int
+    empty: bool
+
+
+def score_image(result: Explanation, engine: Engine, threshold, resolution: str) -> tuple[dict, list[float]]:
+    """Metrics of one explained image against its annotation. Raises InputError for an unusable annotation."""
+    annotation = rasterize_annotation(result.item.annotation, *result.orig_size)
+    if annotation.area == 0:
+        raise InputError(result.item.annotation, "annotation has no area")
+    if resolution == "model":
+        size = (engine.checkpoint.image_size,) * 2
+        mask = resize_mask(annotation.mask, size)
+        if not mask.any():
+            raise InputError(result.item.annotation, "annotation has no area at model resolution")
+    else:
+        size, mask = result.orig_size, annotation.mask
+    cam = upsample_cam(result.cam, size)
+    used = otsu_threshold(cam) if threshold == "otsu" else float(threshold)
+    metrics = localization_metrics(cam, mask, used)
+    if threshold == "otsu":
+        metrics["threshold"] = used
+    if annotation.warnings:
+        metrics["warnings"] = annotation.warnings
+    return metrics, iou_sweep(cam, mask)
+
+
+def _score(result: Explanation, engine: Engine, settings: AnnotateSettings, threshold) -> Scored:
+    names = engine.class_names
+    item = result.item
+    record = {"image_id": item.image_id, "label": item.label, "pred": None, "confidence": None,
+              "subtype": item.subtype, **dict.fromkeys(METRICS), "error": result.error}  # fmt: skip
+    if not result.ok:
+        return Scored(record, item, None, None)
+    record.update(pred=names[result.pred], confidence=float(result.probs[result.pred]))
+    try:
+        metrics, sweep = score_image(result, engine, threshold, settings.resolution)
+    except InputError as exc:
+        record["error"] = str(exc)
+        return Scored(record, item, None, None)
+    record.update(metrics)
+    return Scored(record, item, result.cam, sweep)
+
+
+def _annotated(items: list[ImageItem]) -> list[ImageItem]:
+    return [it for it in items if it.annotation is not None]
+
+
+def tune_threshold(engine: Engine, settings: AnnotateSettings) -> dict:
+    """The sweep threshold with the highest mean IoU on the split's `val` subset (never the scored images)."""
+    if settings.subset == "val":
+        raise UsageError("--threshold: tune picks the threshold on the val subset, so it cannot score val itself; "
+                         "use --subset test or a fixed threshold")  # fmt: skip
+    manifest = manifest_path(settings.splits_dir, settings.split, "val")
+    if not manifest.is_file():
+        raise UsageError(f"--threshold: tune needs a val manifest, and {manifest} does not exist")
+    val_items = _annotated(load_split(settings, engine.class_names, subset="val"))
+    if not val_items:
+        raise UsageError(f"--threshold: tune needs annotated images in {manifest}, and it has none")
+    scored = explain_items(
+        engine, val_items, target=settings.target, quiet=settings.quiet, description="tuning on val",
+        each=lambda r: _score(r, engine, settings, 0.5),
+    )  # fmt: skip
+    sweeps = [s.sweep for s in scored if s.sweep is not None and _selected(s.record, settings.select)]
+    if not sweeps:
+        raise UsageError(f"--threshold: no usable annotated image in {manifest} to tune on")
+    means = np.mean(np.asarray(sweeps), axis=0)
+    best = int(np.argmax(means))
+    return {"value": SWEEP_THRESHOLDS[best], "tuned_on": f"{settings.split}/val", "images": len(sweeps),
+            "mean_iou_on_val": float(means[best])}  # fmt: skip
+
+
+def _selected(record: dict, select: str) -> bool:
+    return select == "all" or (record["pred"] is not None and record["pred"] == record["label"])
+
+
+def summarize(records: list[dict]) -> dict:
+    """Describe every metric, IoU hit shares and bootstrap 95% CIs of mean IoU and pointing-game hit rate."""
+    summary = {metric: describe(r[metric] for r in records) for metric in METRICS}
+    ious = [r["iou"] for r in records]
+    hits = [float(r["pointing_game"]) for r in records]
+    summary["count"] = len(records)
+    summary["share_iou_above_0.1"] = float(np.mean([v > 0.1 for v in ious])) if ious else None
+    summary["share_iou_above_0.5"] = float(np.mean([v > 0.5 for v in ious])) if ious else None
+    summary["iou_mean_ci95"] = bootstrap_ci(ious)
+    summary["pointing_game_hit_rate"] = float(np.mean(hits)) if hits else None
+    summary["pointing_game_ci95"] = bootstrap_ci(hits)
+    return summary
+
+
+def breakdowns(records: list[dict]) -> dict:
+    """The summary by true class, by correct vs missed, by subtype and by lesion-size tertile."""
+    def group(key):
+        groups: dict[str, list[dict]] = {}
+        for r in records:
+            groups.setdefault(str(key(r)), []).append(r)
+        return {name: summarize(rows) for name, rows in sorted(groups.items())}
+
+    edges = lesion_size_bins([r["mask_area"] for r in records])
+
+    def size(r):
+        return "small" if r["mask_area"] <= edges[0] else "medium" if r["mask_area"] <= edges[1] else "large"
+
+    return {
+        "by_class": group(lambda r: r["label"]),
+        "by_outcome": group(lambda r: "correct" if r["pred"] == r["label"] else "missed"),
+        "by_subtype": group(lambda r: r["subtype"] or "unknown"),
+        "by_lesion_size": {"tertile_edges_mask_area": list(edges) if edges else None,
+                           **(group(size) if edges else {})},  # fmt: skip
+    }
+
+
+def _figure_rows(scored: list[Scored], top: int, quiet: bool) -> list[dict]:
+    correct = [s for s in scored if s.cam is not None and s.record["pred"] == s.record["label"]]
+    correct.sort(key=lambda s: (-s.record["confidence"], s.item.image_id))
+    rows = []
+    for s in correct[:top]:
+        try:
+            pixels, size = load_image(s.item.path)
+            mask = rasterize_annotation(s.item.annotation, *size).mask
+        except InputError as exc:
+            warn(f"{exc} (left out of the figure)", quiet)
+            continue
+        title = f"{s.item.image_id}\n{s.record['label']} p={s.record['confidence']:.2f}"
+        rows.append({"pixels": pixels, "mask": mask, "cam": s.cam, "iou": s.record["iou"], "title": title})
+    return rows
+
+
+def run_annotate(settings: AnnotateSettings) -> AnnotateOutcome:
+    engine = open_engine(settings)
+    names = engine.class_names
+    items = load_split(settings, names)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    tuned = tune_threshold(engine, settings) if settings.threshold == "tune" else None
+    threshold = tuned["value"] if tuned else settings.threshold
+    annotated = _annotated(items)
+    if not annotated:
+        warn(f"no annotated image in the {settings.split}/{settings.subset} split: nothing to score", settings.quiet)
+    scored = explain_items(
+        engine, annotated, target=settings.target, quiet=settings.quiet, description="scoring",
+        each=lambda r: _score(r, engine, settings, threshold),
+    )  # fmt: skip
+    failed = [s.record for s in scored if s.record["error"] is not None]
+    evaluated = [s for s in scored if s.record["error"] is None and _selected(s.record, settings.select)]
+    records = [s.record for s in evaluated]
+    sweep_means = np.mean([s.sweep for s in evaluated], axis=0).tolist() if evaluated else [None] * 19
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "command": "annotate-iou",
+        "settings": {
+            "split": settings.split, "subset": settings.subset, "method": settings.method,
+            "target": settings.target, "select": settings.select, "resolution": settings.resolution,
+            "threshold": settings.threshold, "data_root": str(settings.data_root),
+            "splits_dir": str(settings.splits_dir),
+        },
+        "threshold": {"mode": settings.threshold if isinstance(settings.threshold, str) else "fixed",
+                      "value": None if threshold == "otsu" else threshold, "tuning": tuned},
+        "checkpoint": checkpoint_info(engine),
+        "images_in_split": len(items),
+        "annotated_images": len(annotated),
+        "evaluated": len(records),
+        "excluded_by_select": len(scored) - len(failed) - len(records),
+        "summary": summarize(records),
+        "breakdowns": breakdowns(records),
+        "sweep": {"note": "exploratory: mean IoU over the evaluated images at each threshold; not a tuned result",
+                  "thresholds": list(SWEEP_THRESHOLDS), "mean_iou": sweep_means},
+        "records": records,
+        "failed": failed,
+    }  # fmt: skip
+    text = write_report(report, settings.out / REPORT_NAME)
+    if annotated:
+        comparison_figure(_figure_rows(evaluated, settings.top, settings.quiet), settings.out / FIGURE_NAME)
+    show(summary_table(f"CAM vs annotation ({len(records)} images)", report["summary"], METRICS), settings.quiet)
+    return AnnotateOutcome(report, text, len(failed), empty=not annotated)

@@ -1,0 +1,233 @@
+"""The command line: options → pydantic settings → one library function per command → exit code.
+
+Exit codes: 0 success; 1 some images or annotations failed (listed in the output) or nothing to score;
+2 invalid options or inputs (one line per problem, no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from btxrd_cam import __version__
+from btxrd_cam.errors import BtxrdCamError, UsageError
+from btxrd_cam.settings import (
+    AnnotateSettings,
+    DemoSettings,
+    ExplainSettings,
+    GallerySettings,
+    InferSettings,
+    build_settings,
+    default_checkpoint,
+)
+
+app = typer.Typer(
+    name="btxrd-cam",
+    help="Explain a BTXRD bone-tumour radiograph classifier with class-activation maps.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+MODEL = "Model and CAM"
+DATA = "Data (upstream layout by default)"
+
+Ckpt = Annotated[Path | None, typer.Option("--ckpt", help="Checkpoint [default: $BTXRD_CAM_CKPT or checkpoints/best_stratified.pt].", rich_help_panel=MODEL)]  # noqa: E501
+Arch = Annotated[str | None, typer.Option(help="timm architecture, for a bare state dict.", rich_help_panel=MODEL)]
+ClassNames = Annotated[str | None, typer.Option("--class-names", help="Comma-separated class names, for a bare state dict.", rich_help_panel=MODEL)]  # noqa: E501
+TargetLayer = Annotated[str | None, typer.Option("--target-layer", help="Layer to explain [default: found automatically, e.g. bn2].", rich_help_panel=MODEL)]  # noqa: E501
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=MODEL)]
+BatchSize = Annotated[str, typer.Option("--batch-size", metavar="INT", help="Images per batch.", rich_help_panel=MODEL)]
+Workers = Annotated[str | None, typer.Option(metavar="INT", help="Threads decoding images [default: min(4, cores)].", rich_help_panel=MODEL)]  # noqa: E501
+Amp = Annotated[bool, typer.Option("--amp", help="Autocast (bf16/fp16) on CUDA.", rich_help_panel=MODEL)]
+Method = Annotated[str, typer.Option(help="gradcam, hirescam, gradcam++, xgradcam, layercam, eigencam, eigengradcam, scorecam, ablationcam.", rich_help_panel=MODEL)]  # noqa: E501
+Target = Annotated[str, typer.Option(help="Class to explain: pred, true or a class name.", rich_help_panel=MODEL)]
+AugSmooth = Annotated[bool, typer.Option("--aug-smooth", help="Test-time augmentation smoothing (6 passes).", rich_help_panel=MODEL)]  # noqa: E501
+EigenSmooth = Annotated[bool, typer.Option("--eigen-smooth", help="First principal component smoothing.", rich_help_panel=MODEL)]  # noqa: E501
+FastDecode = Annotated[bool, typer.Option("--fast-decode", help="Decode JPEGs at a reduced DCT scale (faster, not exact).", rich_help_panel=MODEL)]  # noqa: E501
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, tables or warnings on stderr.")]
+DataRoot = Annotated[Path, typer.Option("--data-root", help="BTXRD data root (images/, Annotations/, dataset.csv).", rich_help_panel=DATA)]  # noqa: E501
+SplitsDir = Annotated[Path, typer.Option("--splits-dir", help="Directory of <split>_<subset>.csv manifests.", rich_help_panel=DATA)]  # noqa: E501
+Split = Annotated[str | None, typer.Option(help="stratified, center or a manifest CSV [default: from the checkpoint name].", rich_help_panel=DATA)]  # noqa: E501
+Subset = Annotated[str, typer.Option(help="train, val or test.", rich_help_panel=DATA)]
+Out = Annotated[Path, typer.Option("--out", "-O", help="Output directory.")]
+
+
+def _model_values(**values) -> dict:
+    values["ckpt"] = values.get("ckpt") or default_checkpoint()
+    return values
+
+
+def _run(settings_type, values: dict, action: Callable) -> None:
+    """Validate, run, map errors to exit codes. Nothing here prints data; actions return their exit code."""
+    try:
+        settings = build_settings(settings_type, **values)
+        code = action(settings)
+    except UsageError as exc:
+        for line in str(exc).splitlines():
+            typer.echo(f"btxrd-cam: error: {line}", err=True)
+        raise typer.Exit(2) from None
+    except BtxrdCamError as exc:
+        typer.echo(f"btxrd-cam: error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("btxrd-cam: interrupted", err=True)
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"btxrd-cam {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,  # noqa: E501
+) -> None:
+    """Explain a BTXRD bone-tumour radiograph classifier with class-activation maps."""
+
+
+@app.command()
+def infer(
+    inputs: Annotated[list[str] | None, typer.Argument(help="Images, directories or globs [default: the split].")] = None,  # noqa: E501
+    fmt: Annotated[str, typer.Option("--format", help="jsonl, json or csv.")] = "jsonl",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write records here instead of stdout.")] = None,  # noqa: E501
+    metrics: Annotated[Path | None, typer.Option(help="Write the metrics summary (JSON) here.")] = None,
+    ckpt: Ckpt = None, arch: Arch = None, class_names: ClassNames = None, device: Device = "auto",
+    batch_size: BatchSize = "16", workers: Workers = None, amp: Amp = False, fast_decode: FastDecode = False,
+    data_root: DataRoot = Path("data_raw"), splits_dir: SplitsDir = Path("data/splits"), split: Split = None,
+    subset: Subset = "test", quiet: Quiet = False,
+) -> None:  # fmt: skip
+    """Batch predictions and metrics for a split or for images (JSONL on stdout)."""
+    from btxrd_cam.infer import run_infer
+
+    values = _model_values(inputs=inputs or [], format=fmt, output=output, metrics=metrics, ckpt=ckpt, arch=arch,
+                           class_names=class_names, device=device, batch_size=batch_size, workers=workers, amp=amp,
+                           fast_decode=fast_decode, data_root=data_root, splits_dir=splits_dir, split=split,
+                           subset=subset, quiet=quiet)  # fmt: skip
+    _run(InferSettings, values, lambda s: int(run_infer(s).failed > 0))
+
+
+@app.command("explain-image")
+def explain_image(
+    inputs: Annotated[list[str], typer.Argument(help="Images, directories or globs.")],
+    out: Annotated[Path, typer.Option("--out", "-O", help="Output directory.")] = Path("."),
+    alpha: Annotated[str, typer.Option(metavar="FLOAT", help="Heatmap opacity in (0, 1).")] = "0.4",
+    save_heatmap: Annotated[bool, typer.Option("--save-heatmap", help="Also write <stem>_cam.npy (model resolution).")] = False,  # noqa: E501
+    annotation: Annotated[Path | None, typer.Option(help="LabelMe JSON to outline and score against.")] = None,
+    threshold: Annotated[str, typer.Option(metavar="FLOAT", help="CAM threshold for IoU in (0, 1).")] = "0.5",
+    ckpt: Ckpt = None, arch: Arch = None, class_names: ClassNames = None, target_layer: TargetLayer = None,
+    device: Device = "auto", batch_size: BatchSize = "16", workers: Workers = None, amp: Amp = False,
+    method: Method = "gradcam", target: Target = "pred", aug_smooth: AugSmooth = False,
+    eigen_smooth: EigenSmooth = False, fast_decode: FastDecode = False, quiet: Quiet = False,
+) -> None:  # fmt: skip
+    """A heatmap overlay and prediction for any radiograph (JSONL on stdout)."""
+    from btxrd_cam.explain import run_explain
+
+    values = _model_values(inputs=inputs, out=out, alpha=alpha, save_heatmap=save_heatmap, annotation=annotation,
+                           threshold=threshold, ckpt=ckpt, arch=arch, class_names=class_names,
+                           target_layer=target_layer, device=device, batch_size=batch_size, workers=workers,
+                           amp=amp, method=method, target=target, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
+                           fast_decode=fast_decode, quiet=quiet)  # fmt: skip
+    _run(ExplainSettings, values, lambda s: int(run_explain(s).failed > 0))
+
+
+@app.command()
+def gallery(
+    k: Annotated[str, typer.Option("--k", metavar="INT", help="Examples per category.")] = "3",
+    fmt: Annotated[str, typer.Option("--format", help="png or jpg.")] = "png",
+    out: Out = Path("results/gradcam"),
+    ckpt: Ckpt = None, arch: Arch = None, class_names: ClassNames = None, target_layer: TargetLayer = None,
+    device: Device = "auto", batch_size: BatchSize = "16", workers: Workers = None, amp: Amp = False,
+    method: Method = "gradcam", target: Target = "pred", aug_smooth: AugSmooth = False,
+    eigen_smooth: EigenSmooth = False, fast_decode: FastDecode = False,
+    data_root: DataRoot = Path("data_raw"), splits_dir: SplitsDir = Path("data/splits"), split: Split = None,
+    subset: Subset = "test", quiet: Quiet = False,
+) -> None:  # fmt: skip
+    """Per-class grids of true-positive / false-positive / false-negative Grad-CAM examples."""
+    from btxrd_cam.gallery import run_gallery
+
+    values = _model_values(k=k, format=fmt, out=out, ckpt=ckpt, arch=arch, class_names=class_names,
+                           target_layer=target_layer, device=device, batch_size=batch_size, workers=workers,
+                           amp=amp, method=method, target=target, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
+                           fast_decode=fast_decode, data_root=data_root, splits_dir=splits_dir, split=split,
+                           subset=subset, quiet=quiet)  # fmt: skip
+
+    def action(settings):
+        outcome = run_gallery(settings)
+        sys.stdout.write(outcome.text)
+        return int(outcome.failed > 0)
+
+    _run(GallerySettings, values, action)
+
+
+@app.command("annotate-iou")
+def annotate_iou(
+    threshold: Annotated[str, typer.Option(help="A number in (0, 1), otsu, or tune (picked on the val subset).")] = "0.5",  # noqa: E501
+    select: Annotated[str, typer.Option(help="all, or correct (correctly classified only).")] = "all",
+    top: Annotated[str, typer.Option(metavar="INT", help="Rows of the comparison figure.")] = "5",
+    resolution: Annotated[str, typer.Option(help="original (default) or model (upstream's way).")] = "original",
+    out: Out = Path("results/gradcam"),
+    ckpt: Ckpt = None, arch: Arch = None, class_names: ClassNames = None, target_layer: TargetLayer = None,
+    device: Device = "auto", batch_size: BatchSize = "16", workers: Workers = None, amp: Amp = False,
+    method: Method = "gradcam", target: Target = "pred", aug_smooth: AugSmooth = False,
+    eigen_smooth: EigenSmooth = False, fast_decode: FastDecode = False,
+    data_root: DataRoot = Path("data_raw"), splits_dir: SplitsDir = Path("data/splits"), split: Split = None,
+    subset: Subset = "test", quiet: Quiet = False,
+) -> None:  # fmt: skip
+    """How well the heatmaps agree with the LabelMe tumour outlines (JSON report on stdout)."""
+    from btxrd_cam.annotate import run_annotate
+
+    values = _model_values(threshold=threshold, select=select, top=top, resolution=resolution, out=out, ckpt=ckpt,
+                           arch=arch, class_names=class_names, target_layer=target_layer, device=device,
+                           batch_size=batch_size, workers=workers, amp=amp, method=method, target=target,
+                           aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, fast_decode=fast_decode,
+                           data_root=data_root, splits_dir=splits_dir, split=split, subset=subset,
+                           quiet=quiet)  # fmt: skip
+
+    def action(settings):
+        outcome = run_annotate(settings)
+        sys.stdout.write(outcome.text)
+        return int(outcome.failed > 0 or outcome.empty)
+
+    _run(AnnotateSettings, values, action)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write the demo project into.")],
+    seed: Annotated[str, typer.Option(metavar="INT", help="Random seed.")] = "0",
+    images: Annotated[str, typer.Option(metavar="INT", help="Number of radiographs (≥ 30).")] = "300",
+    arch: Annotated[str, typer.Option(help="timm architecture to train.")] = "efficientnet_b0",
+    image_size: Annotated[str, typer.Option("--image-size", metavar="INT", help="Model input size.")] = "160",
+    epochs: Annotated[str, typer.Option(metavar="INT", help="Training epochs.")] = "18",
+    quiet: Quiet = False,
+) -> None:
+    """Write a synthetic BTXRD-layout project with a trained checkpoint (then `cd OUT_DIR && btxrd-cam gallery`)."""
+    from btxrd_cam.demo import make_demo
+
+    def action(settings):
+        summary = make_demo(settings.out_dir, settings.seed, settings.images, settings.arch, settings.image_size,
+                            settings.epochs, settings.quiet)  # fmt: skip
+        sys.stdout.write(json.dumps(summary) + "\n")
+        return 0
+
+    values = {"out_dir": out_dir, "seed": seed, "images": images, "arch": arch, "image_size": image_size,
+              "epochs": epochs, "quiet": quiet}  # fmt: skip
+    _run(DemoSettings, values, action)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

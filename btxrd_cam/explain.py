@@ -1,0 +1,88 @@
+"""`btxrd-cam explain-image`: a one-off heatmap overlay, prediction and (with an annotation) agreement metrics."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from btxrd_cam.data import find_images
+from btxrd_cam.engine import Engine, Explanation, upsample_cam
+from btxrd_cam.errors import InputError
+from btxrd_cam.labelme import rasterize_annotation
+from btxrd_cam.metrics import localization_metrics
+from btxrd_cam.pipeline import explain_items, open_engine
+from btxrd_cam.render import captioned, draw_outline, overlay, save_png
+from btxrd_cam.reports import emit, to_json, write_atomic
+from btxrd_cam.settings import ExplainSettings
+
+
+@dataclass
+class ExplainOutcome:
+    records: list[dict]
+    failed: int
+
+
+def _record(result: Explanation, engine: Engine, settings: ExplainSettings) -> dict:
+    names = engine.class_names
+    record = {
+        "image_id": result.item.image_id,
+        "path": str(result.item.path),
+        "pred": None, "confidence": None, "probs": None, "target": None, "method": settings.method,
+        "overlay": None, "heatmap": None, "metrics": None, "error": result.error,
+    }  # fmt: skip
+    if not result.ok:
+        return record
+    record.update(
+        pred=names[result.pred],
+        confidence=float(result.probs[result.pred]),
+        probs={n: float(p) for n, p in zip(names, result.probs, strict=True)},
+        target=names[result.target],
+    )
+    try:
+        cam = upsample_cam(result.cam, result.orig_size)
+        shown = overlay(result.pixels, cam, settings.alpha)
+        if settings.annotation is not None:
+            annotation = rasterize_annotation(settings.annotation, *result.orig_size)
+            if annotation.area == 0:
+                raise InputError(settings.annotation, "annotation has no area")
+            record["metrics"] = {"threshold": settings.threshold, "resolution": "original",
+                                 **localization_metrics(cam, annotation.mask, settings.threshold)}  # fmt: skip
+            if annotation.warnings:
+                record["metrics"]["warnings"] = annotation.warnings
+            shown = draw_outline(shown, annotation.mask)
+        del cam
+        caption = (f"pred {record['pred']} ({record['confidence']:.2f})  target {record['target']}  "
+                   f"{settings.method}")  # fmt: skip
+        stem = result.item.path.stem
+        record["overlay"] = str(save_png(settings.out / f"{stem}_cam.png", captioned(shown, caption)))
+        if settings.save_heatmap:
+            size = engine.checkpoint.image_size
+            buffer = io.BytesIO()
+            np.save(buffer, upsample_cam(result.cam, (size, size)).astype(np.float32))
+            record["heatmap"] = str(write_atomic(settings.out / f"{stem}_cam.npy", buffer.getvalue()))
+    except InputError as exc:
+        record["error"] = f"{settings.annotation.name}: {exc.reason}" if settings.annotation else exc.reason
+    return record
+
+
+def run_explain(settings: ExplainSettings) -> ExplainOutcome:
+    engine = open_engine(settings)
+    items, failures = find_images(settings.inputs)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    records = [{"image_id": text, "path": text, "error": reason} for text, reason in failures]
+    for record in records:
+        emit(to_json(record, indent=None), None)
+
+    def each(result: Explanation) -> dict:
+        record = _record(result, engine, settings)
+        result.pixels = None  # the decoded original was kept for this overlay only
+        emit(to_json(record, indent=None), None)
+        return record
+
+    records += explain_items(
+        engine, items, target=settings.target, quiet=settings.quiet, description="explaining", each=each,
+        keep_pixels=True,
+    )  # fmt: skip
+    return ExplainOutcome(records, sum(r["error"] is not None for r in records))

@@ -1,0 +1,61 @@
+"""`btxrd-cam infer`: batch predictions (no CAM) and, with labels, classification metrics.
+
+The upstream `run_inference`: the same checkpoint and manifest give the same predictions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from btxrd_cam.console import metrics_table, show
+from btxrd_cam.data import find_images
+from btxrd_cam.metrics import classification_metrics
+from btxrd_cam.pipeline import explain_items, load_split, open_engine
+from btxrd_cam.reports import emit, format_records, prediction_record, to_json, write_atomic
+from btxrd_cam.settings import InferSettings
+
+
+@dataclass
+class InferOutcome:
+    records: list[dict]
+    metrics: dict | None
+    failed: int
+
+
+def label_metrics(records: list[dict], class_names: list[str]) -> dict | None:
+    """Classification metrics of the labelled, successfully predicted records (+ the failed images)."""
+    labelled = [r for r in records if r["label"] is not None]
+    if not labelled:
+        return None
+    scored = [r for r in labelled if r["error"] is None]
+    labels = np.array([class_names.index(r["label"]) for r in scored], dtype=int)
+    probs = np.array([[r["probs"][c] for c in class_names] for r in scored], dtype=np.float64)
+    metrics = classification_metrics(labels, probs.reshape(len(scored), len(class_names)), class_names)
+    metrics["failed_images"] = [{"image_id": r["image_id"], "path": r["path"], "error": r["error"]}
+                                for r in records if r["error"] is not None]  # fmt: skip
+    return metrics
+
+
+def run_infer(settings: InferSettings) -> InferOutcome:
+    engine = open_engine(settings)
+    names = engine.class_names
+    failures = []
+    if settings.inputs:
+        items, failures = find_images(settings.inputs)
+    else:
+        items = load_split(settings, names)
+    records = [{"image_id": text, "path": text, "label": None, "pred": None, "confidence": None, "probs": None,
+                "error": reason} for text, reason in failures]  # fmt: skip
+    records += explain_items(
+        engine, items, cams=False, quiet=settings.quiet, description="predicting",
+        each=lambda result: prediction_record(result, names),
+    )  # fmt: skip
+    metrics = label_metrics(records, names)
+    if metrics is not None:
+        show(metrics_table(metrics), settings.quiet)
+        if settings.metrics:
+            write_atomic(settings.metrics, to_json(metrics))
+    emit(format_records(records, settings.format, names), settings.output)
+    return InferOutcome(records, metrics, sum(r["error"] is not None for r in records))

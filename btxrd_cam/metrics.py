@@ -1,0 +1,202 @@
+"""Pure numpy/scikit-learn metrics: classification quality and CAM-vs-annotation agreement.
+
+Every function takes arrays, never a model or a path. Maps are `cam: float32 [H, W] in [0, 1]` (min–max
+normalised) and `mask: bool [H, W]` of the same shape. Not for: producing maps (engine.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+SWEEP_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05, 0.10, …, 0.95
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
+# ---- CAM vs mask ------------------------------------------------------------------------------------------
+
+
+def binarize(cam: np.ndarray, threshold: float) -> np.ndarray:
+    """bool [H, W]: pixels whose CAM value is ≥ threshold. An all-zero CAM never passes (threshold > 0)."""
+    return cam >= threshold
+
+
+def iou(cam: np.ndarray, mask: np.ndarray, threshold: float) -> float:
+    """Jaccard index |B ∩ M| / |B ∪ M| of the binarised CAM B and the mask M; 0 when both are empty."""
+    binary = binarize(cam, threshold)
+    union = np.count_nonzero(binary | mask)
+    return float(np.count_nonzero(binary & mask) / union) if union else 0.0
+
+
+def dice(cam: np.ndarray, mask: np.ndarray, threshold: float) -> float:
+    """Dice coefficient 2|B ∩ M| / (|B| + |M|); 0 when both are empty."""
+    binary = binarize(cam, threshold)
+    total = np.count_nonzero(binary) + np.count_nonzero(mask)
+    return float(2 * np.count_nonzero(binary & mask) / total) if total else 0.0
+
+
+def pointing_game(cam: np.ndarray, mask: np.ndarray) -> bool:
+    """Pointing game (Zhang et al. 2018): is the CAM's maximum inside the mask?
+
+    With ties, every pixel attaining the maximum must be inside; a CAM with no positive value never hits.
+    """
+    peak = float(cam.max(initial=0.0))
+    if peak <= 0:
+        return False
+    return bool(mask[cam >= peak].all())
+
+
+def energy_pointing_game(cam: np.ndarray, mask: np.ndarray) -> float:
+    """Energy-based pointing game (Wang et al. 2020, Score-CAM): share of the CAM's total mass inside the mask."""
+    total = float(cam.sum(dtype=np.float64))
+    return float(cam[mask].sum(dtype=np.float64) / total) if total > 0 else 0.0
+
+
+def pxap(cam: np.ndarray, mask: np.ndarray) -> float | None:
+    """Pixel average precision (Choe et al. 2020): threshold-free AP of CAM values against mask pixels.
+
+    None when the mask has no pixel (undefined); 1.0 when every pixel is in the mask.
+    """
+    positives = int(np.count_nonzero(mask))
+    if positives == 0:
+        return None
+    if positives == mask.size:
+        return 1.0
+    return float(average_precision_score(mask.ravel(), cam.ravel()))
+
+
+def area_fraction(binary: np.ndarray) -> float:
+    return float(np.count_nonzero(binary) / binary.size) if binary.size else 0.0
+
+
+def otsu_threshold(cam: np.ndarray) -> float:
+    """Otsu's threshold of one CAM (OpenCV on 8-bit levels), mapped back to (0, 1)."""
+    levels = np.clip(np.rint(cam * 255), 0, 255).astype(np.uint8)
+    value, _ = cv2.threshold(levels, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return float(min(max((value + 1) / 255.0, 1 / 255.0), 1.0))
+
+
+def localization_metrics(cam: np.ndarray, mask: np.ndarray, threshold: float) -> dict[str, float | bool | None]:
+    """Every per-image agreement metric of one CAM against one mask, at one threshold."""
+    return {
+        "iou": iou(cam, mask, threshold),
+        "dice": dice(cam, mask, threshold),
+        "pointing_game": pointing_game(cam, mask),
+        "energy_pointing_game": energy_pointing_game(cam, mask),
+        "pxap": pxap(cam, mask),
+        "cam_area": area_fraction(binarize(cam, threshold)),
+        "mask_area": area_fraction(mask),
+    }
+
+
+# ---- summaries --------------------------------------------------------------------------------------------
+
+
+def describe(values) -> dict[str, float | int | None]:
+    """count, mean, median, std (population), IQR, min, max of the non-missing values."""
+    array = np.asarray([float(v) for v in values if v is not None and not _isnan(v)], dtype=np.float64)
+    if array.size == 0:
+        return {"count": 0, "mean": None, "median": None, "std": None, "iqr": None, "min": None, "max": None}
+    q1, median, q3 = np.percentile(array, [25, 50, 75])
+    return {
+        "count": int(array.size),
+        "mean": float(array.mean()),
+        "median": float(median),
+        "std": float(array.std()),
+        "iqr": float(q3 - q1),
+        "min": float(array.min()),
+        "max": float(array.max()),
+    }
+
+
+def _isnan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def bootstrap_ci(values, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> list[float] | None:
+    """Percentile 95% bootstrap confidence interval of the mean (fixed seed); None without values."""
+    array = np.asarray([float(v) for v in values if v is not None], dtype=np.float64)
+    if array.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    means = array[rng.integers(0, array.size, size=(resamples, array.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
+# ---- classification ---------------------------------------------------------------------------------------
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:
+    """Accuracy, balanced accuracy, per-class sensitivity/specificity/precision/F1/AUC, macro AUC, confusion.
+
+    labels: int [N] true class indices; probs: float [N, C] softmax probabilities. AUCs are one-vs-rest
+    (scikit-learn) and None for a class with no positive or no negative example.
+    """
+    labels = np.asarray(labels, dtype=int)
+    probs = np.asarray(probs, dtype=np.float64).reshape(len(labels), len(class_names))
+    preds = probs.argmax(axis=1) if len(labels) else np.zeros(0, dtype=int)
+    n_classes = len(class_names)
+    confusion = np.zeros((n_classes, n_classes), dtype=int)
+    np.add.at(confusion, (labels, preds), 1)
+    per_class, sensitivities, aucs = {}, [], []
+    for c, name in enumerate(class_names):
+        tp = int(confusion[c, c])
+        fn = int(confusion[c].sum() - tp)
+        fp = int(confusion[:, c].sum() - tp)
+        tn = int(confusion.sum() - tp - fn - fp)
+        sensitivity = tp / (tp + fn) if tp + fn else None
+        precision = tp / (tp + fp) if tp + fp else None
+        positives = labels == c
+        auc = (
+            float(roc_auc_score(positives, probs[:, c])) if 0 < positives.sum() < len(labels) else None
+        )
+        f1 = (
+            2 * precision * sensitivity / (precision + sensitivity)
+            if precision is not None and sensitivity is not None and precision + sensitivity > 0
+            else (0.0 if precision is not None or sensitivity is not None else None)
+        )
+        per_class[name] = {
+            "support": int(positives.sum()),
+            "sensitivity": sensitivity,
+            "specificity": tn / (tn + fp) if tn + fp else None,
+            "precision": precision,
+            "f1": f1,
+            "auc": auc,
+        }
+        if sensitivity is not None:
+            sensitivities.append(sensitivity)
+        if auc is not None:
+            aucs.append(auc)
+    return {
+        "count": int(len(labels)),
+        "accuracy": float((preds == labels).mean()) if len(labels) else None,
+        "balanced_accuracy": float(np.mean(sensitivities)) if sensitivities else None,
+        "macro_auc": float(np.mean(aucs)) if aucs and len(aucs) == n_classes else None,
+        "per_class": per_class,
+        "confusion_matrix": {"labels": list(class_names), "rows_true_cols_pred": confusion.tolist()},
+    }
+
+
+def iou_sweep(cam: np.ndarray, mask: np.ndarray, thresholds=SWEEP_THRESHOLDS) -> list[float]:
+    """IoU at each threshold (exactly `iou(cam, mask, t)` for every t), sharing the masked values."""
+    inside = cam[mask]
+    mask_count = inside.size
+    values = []
+    for t in thresholds:
+        intersection = np.count_nonzero(inside >= t)
+        union = np.count_nonzero(cam >= t) + mask_count - intersection
+        values.append(float(intersection / union) if union else 0.0)
+    return values
+
+
+def lesion_size_bins(mask_areas: list[float]) -> tuple[float, float] | None:
+    """Tertile edges of the mask area fractions (small ≤ first < medium ≤ second < large)."""
+    if not mask_areas:
+        return None
+    low, high = np.percentile(np.asarray(mask_areas, dtype=np.float64), [100 / 3, 200 / 3])
+    return float(low), float(high)

@@ -1,0 +1,83 @@
+"""The shared road every command walks: settings → checkpoint → engine, split → items, engine pass → results.
+
+Not for: what a command keeps or draws from the results (infer.py, explain.py, gallery.py, annotate.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from btxrd_cam.checkpoint import load_checkpoint
+from btxrd_cam.console import progress
+from btxrd_cam.data import ImageItem, manifest_path, split_items
+from btxrd_cam.engine import Engine, Explanation
+from btxrd_cam.errors import UsageError
+from btxrd_cam.settings import ModelSettings, SplitSettings
+
+
+def open_engine(settings: ModelSettings) -> Engine:
+    """Load the checkpoint safely and build the engine the settings describe."""
+    checkpoint = load_checkpoint(settings.ckpt, settings.arch, settings.class_names, settings.target_layer)
+    engine = Engine(
+        checkpoint,
+        device=settings.torch_device,
+        method=settings.method,
+        batch_size=settings.batch_size,
+        workers=settings.workers,
+        amp=settings.amp,
+        aug_smooth=settings.aug_smooth,
+        eigen_smooth=settings.eigen_smooth,
+        fast_decode=settings.fast_decode,
+    )
+    if settings.target not in ("pred", "true"):
+        engine.class_index(settings.target)  # an unknown class name fails before any image is read
+    return engine
+
+
+def load_split(settings: SplitSettings, class_names: list[str], subset: str | None = None) -> list[ImageItem]:
+    """The items of `--split/--subset`; UsageError if the manifest is missing or has unknown labels."""
+    manifest = manifest_path(settings.splits_dir, settings.split, subset or settings.subset)
+    items = split_items(settings.data_root, manifest)
+    unknown = sorted({it.label for it in items if it.label is not None and it.label not in class_names})
+    if unknown:
+        raise UsageError(
+            f"{manifest}: labels {', '.join(unknown)} are not classes of this checkpoint "
+            f"({', '.join(class_names)})"
+        )
+    return items
+
+
+def checkpoint_info(engine: Engine) -> dict:
+    ckpt = engine.checkpoint
+    return {
+        "name": ckpt.name,
+        "sha256": ckpt.sha256,
+        "arch": ckpt.arch,
+        "class_names": ckpt.class_names,
+        "image_size": ckpt.image_size,
+        "target_layer": ckpt.target_layer_name,
+    }
+
+
+def explain_items(
+    engine: Engine,
+    items: list[ImageItem],
+    target: str = "pred",
+    cams: bool = True,
+    quiet: bool = False,
+    description: str = "explaining",
+    each: Callable[[Explanation], object] | None = None,
+    keep_pixels: bool = False,
+) -> list:
+    """One engine pass over the items with a progress bar; returns `each(result)` per image (or the results)."""
+    kept = []
+    with progress(len(items), description, quiet) as advance:
+        for result in engine.run(items, target=target, cams=cams, keep_pixels=keep_pixels):
+            kept.append(each(result) if each else result)
+            advance()
+    return kept
+
+
+def failure_record(item_id: str, path: Path | str, error: str) -> dict:
+    return {"image_id": item_id, "path": str(path), "error": error}

@@ -1,0 +1,149 @@
+"""Figures: CAM overlays, annotation outlines, gallery grids and annotation comparisons.
+
+Takes arrays and records — never a model or a path to decode. Images keep their own aspect ratio everywhere.
+Files are encoded in memory and written atomically; matplotlib figures are closed after saving.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from btxrd_cam.engine import upsample_cam  # noqa: E402
+from btxrd_cam.reports import write_atomic  # noqa: E402
+
+OUTLINE_RGB = (0, 255, 0)
+
+
+def fit_long_side(pixels: np.ndarray, long_side: int) -> np.ndarray:
+    """Downscale (never up) so the longer side is at most `long_side`, keeping the aspect ratio."""
+    height, width = pixels.shape[:2]
+    scale = long_side / max(height, width)
+    if scale >= 1:
+        return pixels
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+
+
+def overlay(pixels: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """Jet heatmap blended on the radiograph. pixels: uint8 [H, W, 3] RGB or [H, W]; cam: float [H, W] in [0, 1]."""
+    pixels = as_rgb(pixels)
+    heat = cv2.applyColorMap(np.clip(cam * 255 + 0.5, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(heat, alpha, pixels, 1.0 - alpha, 0.0)
+
+
+def as_rgb(pixels: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB) if pixels.ndim == 2 else pixels
+
+
+def draw_outline(pixels: np.ndarray, mask: np.ndarray, thickness: int | None = None) -> np.ndarray:
+    """Copy of pixels with the outline of a bool mask (resized to fit by nearest neighbour) drawn on it."""
+    height, width = pixels.shape[:2]
+    if mask.shape != (height, width):
+        mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = as_rgb(pixels).copy()
+    cv2.drawContours(out, contours, -1, OUTLINE_RGB, thickness or max(2, max(height, width) // 300))
+    return out
+
+
+def save_png(path: Path, rgb: np.ndarray) -> Path:
+    ok, encoded = cv2.imencode(Path(path).suffix or ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    return write_atomic(path, encoded.tobytes())
+
+
+def captioned(rgb: np.ndarray, caption: str) -> np.ndarray:
+    """The image with a black caption band below it (white text scaled to the image width)."""
+    height, width = rgb.shape[:2]
+    scale = max(0.4, width / 1400)
+    band_h = int(36 * scale) + 8
+    band = np.zeros((band_h, width, 3), np.uint8)
+    cv2.putText(band, caption, (6, band_h - int(10 * scale) - 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                (255, 255, 255), max(1, int(2 * scale)), cv2.LINE_AA)  # fmt: skip
+    return np.vstack([rgb, band])
+
+
+def save_figure(fig, path: Path, dpi: int = 150) -> Path:
+    buffer = io.BytesIO()
+    fmt = Path(path).suffix.lstrip(".").replace("jpg", "jpeg") or "png"
+    try:
+        fig.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return write_atomic(path, buffer.getvalue())
+
+
+@dataclass
+class Cell:
+    """One gallery cell: an overlay thumbnail and its title."""
+
+    rgb: np.ndarray
+    title: str
+
+
+def thumbnail_overlay(pixels: np.ndarray, cam: np.ndarray, mask: np.ndarray | None, alpha: float, long_side: int):
+    """Overlay at a reduced size for figures: the raw CAM is upsampled straight to the thumbnail size."""
+    small = fit_long_side(pixels, long_side)
+    shown = overlay(small, upsample_cam(cam, small.shape[:2]), alpha)
+    return draw_outline(shown, mask) if mask is not None else shown
+
+
+def gallery_figure(rows: dict[str, list[Cell]], k: int, title: str, path: Path, dpi: int = 150) -> Path:
+    """A len(rows) × k grid: row labels on the left, 'none in this split' for an empty row."""
+    fig, axes = plt.subplots(len(rows), k, figsize=(3.2 * k, 3.4 * len(rows)), squeeze=False)
+    for r, (row_name, cells) in enumerate(rows.items()):
+        for c in range(k):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(cells):
+                ax.imshow(cells[c].rgb, aspect="equal")
+                ax.set_title(cells[c].title, fontsize=8)
+            else:
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                if c == 0 and not cells:
+                    ax.text(0.5, 0.5, "none in this split", ha="center", va="center", fontsize=10, color="0.4")
+            if c == 0:
+                ax.set_ylabel(row_name, fontsize=11, fontweight="bold")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi)
+
+
+def comparison_figure(rows: list[dict], path: Path, dpi: int = 120) -> Path:
+    """One row per image: original + outline, annotation mask, heatmap, overlay titled with IoU."""
+    n = max(1, len(rows))
+    fig, axes = plt.subplots(n, 4, figsize=(13, 3.4 * n), squeeze=False)
+    headers = ("radiograph + annotation", "annotation mask", "heatmap", "overlay")
+    for r in range(n):
+        for c in range(4):
+            axes[r][c].set_xticks([])
+            axes[r][c].set_yticks([])
+        if not rows:
+            axes[0][0].text(0.5, 0.5, "no correctly classified annotated image", ha="center", va="center")
+            continue
+        row = rows[r]
+        small = fit_long_side(row["pixels"], 480)
+        size = small.shape[:2]
+        mask = cv2.resize(row["mask"].astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+        cam = upsample_cam(row["cam"], size)
+        panels = (draw_outline(small, mask), mask, cam, draw_outline(overlay(small, cam), mask))
+        for c, panel in enumerate(panels):
+            kwargs = {"cmap": "gray"} if c == 1 else {"cmap": "jet", "vmin": 0, "vmax": 1} if c == 2 else {}
+            axes[r][c].imshow(panel, aspect="equal", **kwargs)
+            axes[r][c].set_title(headers[c] if c < 3 else f"IoU {row['iou']:.3f}", fontsize=9)
+        axes[r][0].set_ylabel(row["title"], fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi)

@@ -1,0 +1,112 @@
+"""Reports and record files: JSON/JSONL/CSV serialisation, written atomically (temp file + rename).
+
+Deterministic: the same records give byte-identical output (floats rounded to 6 decimals, no timestamps).
+Not for: computing anything that goes into them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel
+
+from btxrd_cam.engine import Explanation
+
+SCHEMA_VERSION = 1
+
+
+def clean(value):
+    """Plain JSON types: numpy scalars/arrays unwrapped, floats rounded to 6 decimals, NaN → None."""
+    if isinstance(value, BaseModel):
+        return clean(value.model_dump())
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return clean(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return None if math.isnan(value) or math.isinf(value) else round(value, 6)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def to_json(value, indent: int | None = 2) -> str:
+    return json.dumps(clean(value), indent=indent, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write a whole file or nothing: a temp file in the same directory, then an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_report(report: BaseModel | dict, path: Path) -> str:
+    """Write a JSON report atomically and return its text (the CLI prints the same text to stdout)."""
+    text = to_json(report)
+    write_atomic(path, text)
+    return text
+
+
+def prediction_record(result: Explanation, class_names: list[str]) -> dict:
+    """The per-image record of `infer`: image_id, path, label, pred, confidence, probs, error."""
+    ok = result.ok and result.probs is not None
+    return {
+        "image_id": result.item.image_id,
+        "path": str(result.item.path),
+        "label": result.item.label,
+        "pred": class_names[result.pred] if ok else None,
+        "confidence": float(result.probs[result.pred]) if ok else None,
+        "probs": {name: float(p) for name, p in zip(class_names, result.probs, strict=True)} if ok else None,
+        "error": result.error,
+    }
+
+
+def format_records(records: list[dict], fmt: str, class_names: list[str]) -> str:
+    """Records as JSONL (one object a line), one JSON array, or CSV with `p_<Class>` columns."""
+    if fmt == "jsonl":
+        return "".join(to_json(r, indent=None) for r in records)
+    if fmt == "json":
+        return to_json(records)
+    buffer = io.StringIO()
+    columns = ["image_id", "path", "label", "pred", "confidence", *[f"p_{c}" for c in class_names], "error"]
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for record in clean(records):
+        row = {k: v for k, v in record.items() if k != "probs"}
+        for name in class_names:
+            row[f"p_{name}"] = (record.get("probs") or {}).get(name)
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def emit(text: str, output: Path | None) -> None:
+    """Data goes to a file (atomically) when asked, else to stdout."""
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        write_atomic(output, text)

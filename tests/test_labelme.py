@@ -1,0 +1,107 @@
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from btxrd_cam.errors import InputError
+from btxrd_cam.labelme import rasterize_annotation, read_labelme
+from tests.conftest import write_labelme
+
+
+def _iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+def _single(shape, height, width):
+    return rasterize_annotation({"shapes": [shape], "imageHeight": height, "imageWidth": width}, height, width)
+
+
+def test_each_shape_of_labelmes_own_file_matches_labelmes_pixel_area(labelme_samples):
+    expected = json.loads((labelme_samples / "expected_areas.json").read_text())
+    for name, info in expected.items():
+        data = read_labelme(labelme_samples / name)
+        union = np.zeros((info["height"], info["width"]), bool)
+        for shape, want in zip(data["shapes"], info["shapes"], strict=True):
+            assert shape["shape_type"] == want["shape_type"]
+            if want["area_px"] is None:
+                with pytest.raises(InputError, match="no region shape"):
+                    _single(shape, info["height"], info["width"])
+                continue
+            mask = _single(shape, info["height"], info["width"]).mask
+            union |= mask
+            # another rasteriser differs from Pillow's only along the boundary
+            assert abs(int(mask.sum()) - want["area_px"]) <= 0.03 * want["area_px"], (name, shape["label"])
+        whole = rasterize_annotation(labelme_samples / name, info["height"], info["width"])
+        assert np.array_equal(whole.mask, union)
+        assert abs(whole.area - info["union_area_px"]) <= 0.02 * info["union_area_px"]
+
+
+def test_ignored_shapes_are_counted_in_a_warning(labelme_samples):
+    annotation = rasterize_annotation(labelme_samples / "primitives.json", 450, 560)
+    assert any("3 shape(s) without area" in w for w in annotation.warnings)
+
+
+def test_rectangle_corners_in_any_order_give_the_inclusive_box():
+    for points in ([[2, 3], [6, 8]], [[6, 8], [2, 3]], [[6, 3], [2, 8]]):
+        mask = _single({"shape_type": "rectangle", "points": points}, 20, 20).mask
+        assert mask.sum() == 5 * 6 and mask[3:9, 2:7].all()
+
+
+def test_circle_from_centre_and_a_point_on_it():
+    mask = _single({"shape_type": "circle", "points": [[50, 50], [50, 70]]}, 100, 100).mask
+    assert abs(mask.sum() - np.pi * 20**2) < 0.03 * np.pi * 20**2
+    assert mask[50, 50] and not mask[50, 75] and mask[50, 69]
+
+
+def test_oriented_rectangle_and_polygon_fill_their_outline():
+    diamond = [[50, 10], [90, 50], [50, 90], [10, 50]]
+    for kind in ("polygon", "oriented_rectangle"):
+        mask = _single({"shape_type": kind, "points": diamond}, 100, 100).mask
+        assert abs(mask.sum() - 3200) < 0.03 * 3200 and mask[50, 50] and not mask[15, 15]
+
+
+def test_mask_shape_is_pasted_inside_its_box():
+    region = np.zeros((10, 20), np.uint8)
+    region[2:8, 5:15] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(region).save(buffer, format="PNG")
+    shape = {"shape_type": "mask", "points": [[30, 40], [49, 49]], "mask": base64.b64encode(buffer.getvalue()).decode()}
+    mask = _single(shape, 100, 100).mask
+    assert mask.sum() == 60 and mask[42:48, 35:45].all()
+
+
+def test_points_outside_the_image_are_clipped():
+    mask = _single({"shape_type": "rectangle", "points": [[-50, -50], [9, 4]]}, 20, 20).mask
+    assert mask.sum() == 10 * 5
+
+
+def test_size_mismatch_scales_shapes_and_warns(tmp_path):
+    path = write_labelme(tmp_path / "a.json", [{"shape_type": "rectangle", "points": [[10, 10], [19, 19]]}], 50, 50)
+    annotation = rasterize_annotation(path, 100, 200)  # real image is 2x taller, 4x wider
+    assert annotation.warnings and "scaled" in annotation.warnings[0]
+    ys, xs = np.nonzero(annotation.mask)
+    assert (ys.min(), xs.min(), ys.max(), xs.max()) == (20, 40, 38, 76)  # corners scaled as coordinates
+
+
+def test_image_path_is_never_used(tmp_path):
+    path = write_labelme(tmp_path / "a.json", [{"shape_type": "rectangle", "points": [[1, 1], [2, 2]]}], 5, 5)
+    assert rasterize_annotation(path, 5, 5).area == 4  # "elsewhere.jpg" does not exist and nobody asked
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("{not json", "malformed JSON"),
+    ('{"version": "5"}', "no 'shapes' list"),
+    ('{"shapes": []}', "no region shape"),
+    ('{"shapes": [{"shape_type": "polygon"}]}', "no valid 'points'"),
+    ('{"shapes": [{"shape_type": "polygon", "points": [[1, 2], [3, 4]]}]}', "at least 3 points"),
+    ('{"shapes": [{"shape_type": "blob", "points": [[1, 2]]}]}', "unknown shape_type"),
+    ('{"shapes": [{"shape_type": "line", "points": [[1, 2], [3, 4]]}]}', "no region shape"),
+])  # fmt: skip
+def test_malformed_files_are_input_errors_naming_file_and_reason(tmp_path, content, reason):
+    path = tmp_path / "IMG000009.json"
+    path.write_text(content)
+    with pytest.raises(InputError, match=f"IMG000009.json: .*{reason}"):
+        rasterize_annotation(path, 10, 10)
