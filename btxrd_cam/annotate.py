@@ -77,8 +77,15 @@ def score_image(result: Explanation, engine: Engine, threshold, resolution: str)
 def _score(result: Explanation, engine: Engine, settings: AnnotateSettings, threshold) -> Scored:
     names = engine.class_names
     item = result.item
-    record = {"image_id": item.image_id, "label": item.label, "pred": None, "confidence": None,
-              "subtype": item.subtype, **dict.fromkeys(METRICS), "error": result.error}  # fmt: skip
+    record = {
+        "image_id": item.image_id,
+        "label": item.label,
+        "pred": None,
+        "confidence": None,
+        "subtype": item.subtype,
+        **dict.fromkeys(METRICS),
+        "error": result.error,
+    }
     if not result.ok:
         return Scored(record, item, None, None)
     record.update(pred=names[result.pred], confidence=float(result.probs[result.pred]))
@@ -98,8 +105,10 @@ def _annotated(items: list[ImageItem]) -> list[ImageItem]:
 def tune_threshold(engine: Engine, settings: AnnotateSettings) -> dict:
     """The sweep threshold with the highest mean IoU on the split's `val` subset (never the scored images)."""
     if settings.subset == "val":
-        raise UsageError("--threshold: tune picks the threshold on the val subset, so it cannot score val itself; "
-                         "use --subset test or a fixed threshold")  # fmt: skip
+        raise UsageError(
+            "--threshold: tune picks the threshold on the val subset, so it cannot score val itself; "
+            "use --subset test or a fixed threshold"
+        )
     manifest = manifest_path(settings.splits_dir, settings.split, "val")
     if not manifest.is_file():
         raise UsageError(f"--threshold: tune needs a val manifest, and {manifest} does not exist")
@@ -107,16 +116,24 @@ def tune_threshold(engine: Engine, settings: AnnotateSettings) -> dict:
     if not val_items:
         raise UsageError(f"--threshold: tune needs annotated images in {manifest}, and it has none")
     scored = explain_items(
-        engine, val_items, target=settings.target, quiet=settings.quiet, description="tuning on val",
+        engine,
+        val_items,
+        target=settings.target,
+        quiet=settings.quiet,
+        description="tuning on val",
         each=lambda r: _score(r, engine, settings, 0.5),
-    )  # fmt: skip
+    )
     sweeps = [s.sweep for s in scored if s.sweep is not None and _selected(s.record, settings.select)]
     if not sweeps:
         raise UsageError(f"--threshold: no usable annotated image in {manifest} to tune on")
     means = np.mean(np.asarray(sweeps), axis=0)
     best = int(np.argmax(means))
-    return {"value": SWEEP_THRESHOLDS[best], "tuned_on": f"{settings.split}/val", "images": len(sweeps),
-            "mean_iou_on_val": float(means[best])}  # fmt: skip
+    return {
+        "value": SWEEP_THRESHOLDS[best],
+        "tuned_on": f"{settings.split}/val",
+        "images": len(sweeps),
+        "mean_iou_on_val": float(means[best]),
+    }
 
 
 def _selected(record: dict, select: str) -> bool:
@@ -139,6 +156,7 @@ def summarize(records: list[dict]) -> dict:
 
 def breakdowns(records: list[dict]) -> dict:
     """The summary by true class, by correct vs missed, by subtype and by lesion-size tertile."""
+
     def group(key):
         groups: dict[str, list[dict]] = {}
         for r in records:
@@ -154,8 +172,10 @@ def breakdowns(records: list[dict]) -> dict:
         "by_class": group(lambda r: r["label"]),
         "by_outcome": group(lambda r: "correct" if r["pred"] == r["label"] else "missed"),
         "by_subtype": group(lambda r: r["subtype"] or "unknown"),
-        "by_lesion_size": {"tertile_edges_mask_area": list(edges) if edges else None,
-                           **(group(size) if edges else {})},  # fmt: skip
+        "by_lesion_size": {
+            "tertile_edges_mask_area": list(edges) if edges else None,
+            **(group(size) if edges else {}),
+        },
     }
 
 
@@ -184,11 +204,18 @@ def run_annotate(settings: AnnotateSettings) -> AnnotateOutcome:
     threshold = tuned["value"] if tuned else settings.threshold
     annotated = _annotated(items)
     if not annotated:
-        warn(f"no annotated image in the {settings.split}/{settings.subset} split: nothing to score", settings.quiet)
+        warn(
+            f"no annotated image in the {settings.split}/{settings.subset} split: nothing to score",
+            settings.quiet,
+        )
     scored = explain_items(
-        engine, annotated, target=settings.target, quiet=settings.quiet, description="scoring",
+        engine,
+        annotated,
+        target=settings.target,
+        quiet=settings.quiet,
+        description="scoring",
         each=lambda r: _score(r, engine, settings, threshold),
-    )  # fmt: skip
+    )
     failed = [s.record for s in scored if s.record["error"] is not None]
     evaluated = [s for s in scored if s.record["error"] is None and _selected(s.record, settings.select)]
     records = [s.record for s in evaluated]
@@ -197,13 +224,21 @@ def run_annotate(settings: AnnotateSettings) -> AnnotateOutcome:
         "schema_version": SCHEMA_VERSION,
         "command": "annotate-iou",
         "settings": {
-            "split": settings.split, "subset": settings.subset, "method": settings.method,
-            "target": settings.target, "select": settings.select, "resolution": settings.resolution,
-            "threshold": settings.threshold, "data_root": str(settings.data_root),
+            "split": settings.split,
+            "subset": settings.subset,
+            "method": settings.method,
+            "target": settings.target,
+            "select": settings.select,
+            "resolution": settings.resolution,
+            "threshold": settings.threshold,
+            "data_root": str(settings.data_root),
             "splits_dir": str(settings.splits_dir),
         },
-        "threshold": {"mode": settings.threshold if isinstance(settings.threshold, str) else "fixed",
-                      "value": None if threshold == "otsu" else threshold, "tuning": tuned},
+        "threshold": {
+            "mode": settings.threshold if isinstance(settings.threshold, str) else "fixed",
+            "value": None if threshold == "otsu" else threshold,
+            "tuning": tuned,
+        },
         "checkpoint": checkpoint_info(engine),
         "images_in_split": len(items),
         "annotated_images": len(annotated),
@@ -211,13 +246,19 @@ def run_annotate(settings: AnnotateSettings) -> AnnotateOutcome:
         "excluded_by_select": len(scored) - len(failed) - len(records),
         "summary": summarize(records),
         "breakdowns": breakdowns(records),
-        "sweep": {"note": "exploratory: mean IoU over the evaluated images at each threshold; not a tuned result",
-                  "thresholds": list(SWEEP_THRESHOLDS), "mean_iou": sweep_means},
+        "sweep": {
+            "note": "exploratory: mean IoU over the evaluated images at each threshold; not a tuned result",
+            "thresholds": list(SWEEP_THRESHOLDS),
+            "mean_iou": sweep_means,
+        },
         "records": records,
         "failed": failed,
-    }  # fmt: skip
+    }
     text = write_report(report, settings.out / REPORT_NAME)
     if annotated:
         comparison_figure(_figure_rows(evaluated, settings.top, settings.quiet), settings.out / FIGURE_NAME)
-    show(summary_table(f"CAM vs annotation ({len(records)} images)", report["summary"], METRICS), settings.quiet)
+    show(
+        summary_table(f"CAM vs annotation ({len(records)} images)", report["summary"], METRICS),
+        settings.quiet,
+    )
     return AnnotateOutcome(report, text, len(failed), empty=not annotated)

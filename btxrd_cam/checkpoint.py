@@ -141,9 +141,9 @@ def resolve_target_layer(model: nn.Module, image_size: int = 224) -> str:
 
     def hook_for(name):
         def hook(module, inputs, output):
-            if isinstance(output, torch.Tensor) and output.ndim == 4:
-                if not (inputs and output is inputs[0]):
-                    outputs.append((name, output))
+            passthrough = bool(inputs) and output is inputs[0]
+            if isinstance(output, torch.Tensor) and output.ndim == 4 and not passthrough:
+                outputs.append((name, output))
 
         return hook
 
@@ -206,7 +206,14 @@ def load_checkpoint(
         attn_layer = model_cfg.get("attn_layer")
         metadata = {k: raw[k] for k in ("epoch", "val_loss") if k in raw and isinstance(raw[k], (int, float))}
     else:
-        state, names, image_size, mean, std, attn_layer = raw, class_names, 224, IMAGENET_MEAN, IMAGENET_STD, None
+        state, names, image_size, mean, std, attn_layer = (
+            raw,
+            class_names,
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            None,
+        )
         if not arch:
             raise CheckpointError(f"{path}: a bare state dict needs --arch (e.g. efficientnet_b0)")
     if not arch:
@@ -275,7 +282,12 @@ def save_upstream_checkpoint(
         "epoch": 0,
         "model_state_dict": state,
         "config": {
-            "model": {"backbone": arch, "num_classes": len(class_names), "class_names": list(class_names), "dropout": 0.0},
+            "model": {
+                "backbone": arch,
+                "num_classes": len(class_names),
+                "class_names": list(class_names),
+                "dropout": 0.0,
+            },
             "data": {"image_size": image_size},
         },
         "class_names": list(class_names),

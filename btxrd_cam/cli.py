@@ -38,23 +38,72 @@ app = typer.Typer(
 MODEL = "Model and CAM"
 DATA = "Data (upstream layout by default)"
 
-Ckpt = Annotated[Path | None, typer.Option("--ckpt", help="Checkpoint [default: $BTXRD_CAM_CKPT or checkpoints/best_stratified.pt].", rich_help_panel=MODEL)]  # noqa: E501
+Ckpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ckpt",
+        help="Checkpoint [default: $BTXRD_CAM_CKPT or checkpoints/best_stratified.pt].",
+        rich_help_panel=MODEL,
+    ),
+]  # noqa: E501
 Arch = Annotated[str | None, typer.Option(help="timm architecture, for a bare state dict.", rich_help_panel=MODEL)]
-ClassNames = Annotated[str | None, typer.Option("--class-names", help="Comma-separated class names, for a bare state dict.", rich_help_panel=MODEL)]  # noqa: E501
-TargetLayer = Annotated[str | None, typer.Option("--target-layer", help="Layer to explain [default: found automatically, e.g. bn2].", rich_help_panel=MODEL)]  # noqa: E501
+ClassNames = Annotated[
+    str | None,
+    typer.Option("--class-names", help="Comma-separated class names, for a bare state dict.", rich_help_panel=MODEL),
+]  # noqa: E501
+TargetLayer = Annotated[
+    str | None,
+    typer.Option(
+        "--target-layer",
+        help="Layer to explain [default: found automatically, e.g. bn2].",
+        rich_help_panel=MODEL,
+    ),
+]  # noqa: E501
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=MODEL)]
 BatchSize = Annotated[str, typer.Option("--batch-size", metavar="INT", help="Images per batch.", rich_help_panel=MODEL)]
-Workers = Annotated[str | None, typer.Option(metavar="INT", help="Threads decoding images [default: min(4, cores)].", rich_help_panel=MODEL)]  # noqa: E501
+Workers = Annotated[
+    str | None,
+    typer.Option(metavar="INT", help="Threads decoding images [default: min(4, cores)].", rich_help_panel=MODEL),
+]  # noqa: E501
 Amp = Annotated[bool, typer.Option("--amp", help="Autocast (bf16/fp16) on CUDA.", rich_help_panel=MODEL)]
-Method = Annotated[str, typer.Option(help="gradcam, hirescam, gradcam++, xgradcam, layercam, eigencam, eigengradcam, scorecam, ablationcam.", rich_help_panel=MODEL)]  # noqa: E501
+Method = Annotated[
+    str,
+    typer.Option(
+        help="gradcam, hirescam, gradcam++, xgradcam, layercam, eigencam, eigengradcam, scorecam, ablationcam.",
+        rich_help_panel=MODEL,
+    ),
+]  # noqa: E501
 Target = Annotated[str, typer.Option(help="Class to explain: pred, true or a class name.", rich_help_panel=MODEL)]
-AugSmooth = Annotated[bool, typer.Option("--aug-smooth", help="Test-time augmentation smoothing (6 passes).", rich_help_panel=MODEL)]  # noqa: E501
-EigenSmooth = Annotated[bool, typer.Option("--eigen-smooth", help="First principal component smoothing.", rich_help_panel=MODEL)]  # noqa: E501
-FastDecode = Annotated[bool, typer.Option("--fast-decode", help="Decode JPEGs at a reduced DCT scale (faster, not exact).", rich_help_panel=MODEL)]  # noqa: E501
+AugSmooth = Annotated[
+    bool,
+    typer.Option("--aug-smooth", help="Test-time augmentation smoothing (6 passes).", rich_help_panel=MODEL),
+]  # noqa: E501
+EigenSmooth = Annotated[
+    bool, typer.Option("--eigen-smooth", help="First principal component smoothing.", rich_help_panel=MODEL)
+]  # noqa: E501
+FastDecode = Annotated[
+    bool,
+    typer.Option(
+        "--fast-decode",
+        help="Decode JPEGs at a reduced DCT scale (faster, not exact).",
+        rich_help_panel=MODEL,
+    ),
+]  # noqa: E501
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, tables or warnings on stderr.")]
-DataRoot = Annotated[Path, typer.Option("--data-root", help="BTXRD data root (images/, Annotations/, dataset.csv).", rich_help_panel=DATA)]  # noqa: E501
-SplitsDir = Annotated[Path, typer.Option("--splits-dir", help="Directory of <split>_<subset>.csv manifests.", rich_help_panel=DATA)]  # noqa: E501
-Split = Annotated[str | None, typer.Option(help="stratified, center or a manifest CSV [default: from the checkpoint name].", rich_help_panel=DATA)]  # noqa: E501
+DataRoot = Annotated[
+    Path,
+    typer.Option("--data-root", help="BTXRD data root (images/, Annotations/, dataset.csv).", rich_help_panel=DATA),
+]  # noqa: E501
+SplitsDir = Annotated[
+    Path,
+    typer.Option("--splits-dir", help="Directory of <split>_<subset>.csv manifests.", rich_help_panel=DATA),
+]  # noqa: E501
+Split = Annotated[
+    str | None,
+    typer.Option(
+        help="stratified, center or a manifest CSV [default: from the checkpoint name].", rich_help_panel=DATA
+    ),
+]  # noqa: E501
 Subset = Annotated[str, typer.Option(help="train, val or test.", rich_help_panel=DATA)]
 Out = Annotated[Path, typer.Option("--out", "-O", help="Output directory.")]
 
@@ -90,29 +139,57 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,  # noqa: E501
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,  # noqa: E501
 ) -> None:
     """Explain a BTXRD bone-tumour radiograph classifier with class-activation maps."""
 
 
 @app.command()
 def infer(
-    inputs: Annotated[list[str] | None, typer.Argument(help="Images, directories or globs [default: the split].")] = None,  # noqa: E501
+    inputs: Annotated[
+        list[str] | None, typer.Argument(help="Images, directories or globs [default: the split].")
+    ] = None,  # noqa: E501
     fmt: Annotated[str, typer.Option("--format", help="jsonl, json or csv.")] = "jsonl",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write records here instead of stdout.")] = None,  # noqa: E501
     metrics: Annotated[Path | None, typer.Option(help="Write the metrics summary (JSON) here.")] = None,
-    ckpt: Ckpt = None, arch: Arch = None, class_names: ClassNames = None, device: Device = "auto",
-    batch_size: BatchSize = "16", workers: Workers = None, amp: Amp = False, fast_decode: FastDecode = False,
-    data_root: DataRoot = Path("data_raw"), splits_dir: SplitsDir = Path("data/splits"), split: Split = None,
-    subset: Subset = "test", quiet: Quiet = False,
-) -> None:  # fmt: skip
+    ckpt: Ckpt = None,
+    arch: Arch = None,
+    class_names: ClassNames = None,
+    device: Device = "auto",
+    batch_size: BatchSize = "16",
+    workers: Workers = None,
+    amp: Amp = False,
+    fast_decode: FastDecode = False,
+    data_root: DataRoot = Path("data_raw"),
+    splits_dir: SplitsDir = Path("data/splits"),
+    split: Split = None,
+    subset: Subset = "test",
+    quiet: Quiet = False,
+) -> None:
     """Batch predictions and metrics for a split or for images (JSONL on stdout)."""
     from btxrd_cam.infer import run_infer
 
-    values = _model_values(inputs=inputs or [], format=fmt, output=output, metrics=metrics, ckpt=ckpt, arch=arch,
-                           class_names=class_names, device=device, batch_size=batch_size, workers=workers, amp=amp,
-                           fast_decode=fast_decode, data_root=data_root, splits_dir=splits_dir, split=split,
-                           subset=subset, quiet=quiet)  # fmt: skip
+    values = _model_values(
+        inputs=inputs or [],
+        format=fmt,
+        output=output,
+        metrics=metrics,
+        ckpt=ckpt,
+        arch=arch,
+        class_names=class_names,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        amp=amp,
+        fast_decode=fast_decode,
+        data_root=data_root,
+        splits_dir=splits_dir,
+        split=split,
+        subset=subset,
+        quiet=quiet,
+    )
     _run(InferSettings, values, lambda s: int(run_infer(s).failed > 0))
 
 
@@ -121,22 +198,51 @@ def explain_image(
     inputs: Annotated[list[str], typer.Argument(help="Images, directories or globs.")],
     out: Annotated[Path, typer.Option("--out", "-O", help="Output directory.")] = Path("."),
     alpha: Annotated[str, typer.Option(metavar="FLOAT", help="Heatmap opacity in (0, 1).")] = "0.4",
-    save_heatmap: Annotated[bool, typer.Option("--save-heatmap", help="Also write <stem>_cam.npy (model resolution).")] = False,  # noqa: E501
+    save_heatmap: Annotated[
+        bool, typer.Option("--save-heatmap", help="Also write <stem>_cam.npy (model resolution).")
+    ] = False,  # noqa: E501
     annotation: Annotated[Path | None, typer.Option(help="LabelMe JSON to outline and score against.")] = None,
     threshold: Annotated[str, typer.Option(metavar="FLOAT", help="CAM threshold for IoU in (0, 1).")] = "0.5",
-    ckpt: Ckpt = None, arch: Arch = None, class_names: ClassNames = None, target_layer: TargetLayer = None,
-    device: Device = "auto", batch_size: BatchSize = "16", workers: Workers = None, amp: Amp = False,
-    method: Method = "gradcam", target: Target = "pred", aug_smooth: AugSmooth = False,
-    eigen_smooth: EigenSmooth = False, fast_decode: FastDecode = False, quiet: Quiet = False,
-) -> None:  # fmt: skip
+    ckpt: Ckpt = None,
+    arch: Arch = None,
+    class_names: ClassNames = None,
+    target_layer: TargetLayer = None,
+    device: Device = "auto",
+    batch_size: BatchSize = "16",
+    workers: Workers = None,
+    amp: Amp = False,
+    method: Method = "gradcam",
+    target: Target = "pred",
+    aug_smooth: AugSmooth = False,
+    eigen_smooth: EigenSmooth = False,
+    fast_decode: FastDecode = False,
+    quiet: Quiet = False,
+) -> None:
     """A heatmap overlay and prediction for any radiograph (JSONL on stdout)."""
     from btxrd_cam.explain import run_explain
 
-    values = _model_values(inputs=inputs, out=out, alpha=alpha, save_heatmap=save_heatmap, annotation=annotation,
-                           threshold=threshold, ckpt=ckpt, arch=arch, class_names=class_names,
-                           target_layer=target_layer, device=device, batch_size=batch_size, workers=workers,
-                           amp=amp, method=method, target=target, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
-                           fast_decode=fast_decode, quiet=quiet)  # fmt: skip
+    values = _model_values(
+        inputs=inputs,
+        out=out,
+        alpha=alpha,
+        save_heatmap=save_heatmap,
+        annotation=annotation,
+        threshold=threshold,
+        ckpt=ckpt,
+        arch=arch,
+        class_names=class_names,
+        target_layer=target_layer,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        amp=amp,
+        method=method,
+        target=target,
+        aug_smooth=aug_smooth,
+        eigen_smooth=eigen_smooth,
+        fast_decode=fast_decode,
+        quiet=quiet,
+    )
     _run(ExplainSettings, values, lambda s: int(run_explain(s).failed > 0))
 
 
@@ -145,21 +251,51 @@ def gallery(
     k: Annotated[str, typer.Option("--k", metavar="INT", help="Examples per category.")] = "3",
     fmt: Annotated[str, typer.Option("--format", help="png or jpg.")] = "png",
     out: Out = Path("results/gradcam"),
-    ckpt: Ckpt = None, arch: Arch = None, class_names: ClassNames = None, target_layer: TargetLayer = None,
-    device: Device = "auto", batch_size: BatchSize = "16", workers: Workers = None, amp: Amp = False,
-    method: Method = "gradcam", target: Target = "pred", aug_smooth: AugSmooth = False,
-    eigen_smooth: EigenSmooth = False, fast_decode: FastDecode = False,
-    data_root: DataRoot = Path("data_raw"), splits_dir: SplitsDir = Path("data/splits"), split: Split = None,
-    subset: Subset = "test", quiet: Quiet = False,
-) -> None:  # fmt: skip
+    ckpt: Ckpt = None,
+    arch: Arch = None,
+    class_names: ClassNames = None,
+    target_layer: TargetLayer = None,
+    device: Device = "auto",
+    batch_size: BatchSize = "16",
+    workers: Workers = None,
+    amp: Amp = False,
+    method: Method = "gradcam",
+    target: Target = "pred",
+    aug_smooth: AugSmooth = False,
+    eigen_smooth: EigenSmooth = False,
+    fast_decode: FastDecode = False,
+    data_root: DataRoot = Path("data_raw"),
+    splits_dir: SplitsDir = Path("data/splits"),
+    split: Split = None,
+    subset: Subset = "test",
+    quiet: Quiet = False,
+) -> None:
     """Per-class grids of true-positive / false-positive / false-negative Grad-CAM examples."""
     from btxrd_cam.gallery import run_gallery
 
-    values = _model_values(k=k, format=fmt, out=out, ckpt=ckpt, arch=arch, class_names=class_names,
-                           target_layer=target_layer, device=device, batch_size=batch_size, workers=workers,
-                           amp=amp, method=method, target=target, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
-                           fast_decode=fast_decode, data_root=data_root, splits_dir=splits_dir, split=split,
-                           subset=subset, quiet=quiet)  # fmt: skip
+    values = _model_values(
+        k=k,
+        format=fmt,
+        out=out,
+        ckpt=ckpt,
+        arch=arch,
+        class_names=class_names,
+        target_layer=target_layer,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        amp=amp,
+        method=method,
+        target=target,
+        aug_smooth=aug_smooth,
+        eigen_smooth=eigen_smooth,
+        fast_decode=fast_decode,
+        data_root=data_root,
+        splits_dir=splits_dir,
+        split=split,
+        subset=subset,
+        quiet=quiet,
+    )
 
     def action(settings):
         outcome = run_gallery(settings)
@@ -171,27 +307,60 @@ def gallery(
 
 @app.command("annotate-iou")
 def annotate_iou(
-    threshold: Annotated[str, typer.Option(help="A number in (0, 1), otsu, or tune (picked on the val subset).")] = "0.5",  # noqa: E501
+    threshold: Annotated[
+        str, typer.Option(help="A number in (0, 1), otsu, or tune (picked on the val subset).")
+    ] = "0.5",  # noqa: E501
     select: Annotated[str, typer.Option(help="all, or correct (correctly classified only).")] = "all",
     top: Annotated[str, typer.Option(metavar="INT", help="Rows of the comparison figure.")] = "5",
     resolution: Annotated[str, typer.Option(help="original (default) or model (upstream's way).")] = "original",
     out: Out = Path("results/gradcam"),
-    ckpt: Ckpt = None, arch: Arch = None, class_names: ClassNames = None, target_layer: TargetLayer = None,
-    device: Device = "auto", batch_size: BatchSize = "16", workers: Workers = None, amp: Amp = False,
-    method: Method = "gradcam", target: Target = "pred", aug_smooth: AugSmooth = False,
-    eigen_smooth: EigenSmooth = False, fast_decode: FastDecode = False,
-    data_root: DataRoot = Path("data_raw"), splits_dir: SplitsDir = Path("data/splits"), split: Split = None,
-    subset: Subset = "test", quiet: Quiet = False,
-) -> None:  # fmt: skip
+    ckpt: Ckpt = None,
+    arch: Arch = None,
+    class_names: ClassNames = None,
+    target_layer: TargetLayer = None,
+    device: Device = "auto",
+    batch_size: BatchSize = "16",
+    workers: Workers = None,
+    amp: Amp = False,
+    method: Method = "gradcam",
+    target: Target = "pred",
+    aug_smooth: AugSmooth = False,
+    eigen_smooth: EigenSmooth = False,
+    fast_decode: FastDecode = False,
+    data_root: DataRoot = Path("data_raw"),
+    splits_dir: SplitsDir = Path("data/splits"),
+    split: Split = None,
+    subset: Subset = "test",
+    quiet: Quiet = False,
+) -> None:
     """How well the heatmaps agree with the LabelMe tumour outlines (JSON report on stdout)."""
     from btxrd_cam.annotate import run_annotate
 
-    values = _model_values(threshold=threshold, select=select, top=top, resolution=resolution, out=out, ckpt=ckpt,
-                           arch=arch, class_names=class_names, target_layer=target_layer, device=device,
-                           batch_size=batch_size, workers=workers, amp=amp, method=method, target=target,
-                           aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, fast_decode=fast_decode,
-                           data_root=data_root, splits_dir=splits_dir, split=split, subset=subset,
-                           quiet=quiet)  # fmt: skip
+    values = _model_values(
+        threshold=threshold,
+        select=select,
+        top=top,
+        resolution=resolution,
+        out=out,
+        ckpt=ckpt,
+        arch=arch,
+        class_names=class_names,
+        target_layer=target_layer,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        amp=amp,
+        method=method,
+        target=target,
+        aug_smooth=aug_smooth,
+        eigen_smooth=eigen_smooth,
+        fast_decode=fast_decode,
+        data_root=data_root,
+        splits_dir=splits_dir,
+        split=split,
+        subset=subset,
+        quiet=quiet,
+    )
 
     def action(settings):
         outcome = run_annotate(settings)
@@ -215,13 +384,27 @@ def demo(
     from btxrd_cam.demo import make_demo
 
     def action(settings):
-        summary = make_demo(settings.out_dir, settings.seed, settings.images, settings.arch, settings.image_size,
-                            settings.epochs, settings.quiet)  # fmt: skip
+        summary = make_demo(
+            settings.out_dir,
+            settings.seed,
+            settings.images,
+            settings.arch,
+            settings.image_size,
+            settings.epochs,
+            settings.quiet,
+        )
         sys.stdout.write(json.dumps(summary) + "\n")
         return 0
 
-    values = {"out_dir": out_dir, "seed": seed, "images": images, "arch": arch, "image_size": image_size,
-              "epochs": epochs, "quiet": quiet}  # fmt: skip
+    values = {
+        "out_dir": out_dir,
+        "seed": seed,
+        "images": images,
+        "arch": arch,
+        "image_size": image_size,
+        "epochs": epochs,
+        "quiet": quiet,
+    }
     _run(DemoSettings, values, action)
 
 

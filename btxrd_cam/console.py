@@ -49,15 +49,21 @@ def metrics_table(metrics: dict):
     """Classification metrics as a rich table (per class rows, overall in the caption)."""
     from rich.table import Table
 
-    table = Table(title="classification metrics", caption=(
-        f"accuracy {_fmt(metrics['accuracy'])} · balanced accuracy {_fmt(metrics['balanced_accuracy'])} · "
-        f"macro AUC {_fmt(metrics['macro_auc'])} · n={metrics['count']}"
-    ))  # fmt: skip
+    table = Table(
+        title="classification metrics",
+        caption=(
+            f"accuracy {_fmt(metrics['accuracy'])} · balanced accuracy {_fmt(metrics['balanced_accuracy'])} · "
+            f"macro AUC {_fmt(metrics['macro_auc'])} · n={metrics['count']}"
+        ),
+    )
     for column in ("class", "n", "sensitivity", "specificity", "precision", "F1", "AUC"):
         table.add_column(column, justify="right" if column != "class" else "left")
     for name, row in metrics["per_class"].items():
-        table.add_row(name, str(row["support"]), *(_fmt(row[k]) for k in
-                      ("sensitivity", "specificity", "precision", "f1", "auc")))  # fmt: skip
+        table.add_row(
+            name,
+            str(row["support"]),
+            *(_fmt(row[k]) for k in ("sensitivity", "specificity", "precision", "f1", "auc")),
+        )
     return table
 
 
@@ -70,6 +76,9 @@ def summary_table(title: str, summary: dict, metrics: tuple[str, ...]):
         table.add_column(column, justify="right" if column != "metric" else "left")
     for metric in metrics:
         row = summary.get(metric) or {}
-        table.add_row(metric, str(row.get("count", 0)),
-                      *(_fmt(row.get(k)) for k in ("mean", "median", "iqr", "min", "max")))  # fmt: skip
+        table.add_row(
+            metric,
+            str(row.get("count", 0)),
+            *(_fmt(row.get(k)) for k in ("mean", "median", "iqr", "min", "max")),
+        )
     return table

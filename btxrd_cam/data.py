@@ -23,13 +23,33 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 SITE_COLUMNS = (
-    "hand", "ulna", "radius", "humerus", "foot", "tibia", "fibula", "femur", "hip bone",
-    "ankle-joint", "knee-joint", "hip-joint", "wrist-joint", "elbow-joint", "shoulder-joint",
-)  # fmt: skip
+    "hand",
+    "ulna",
+    "radius",
+    "humerus",
+    "foot",
+    "tibia",
+    "fibula",
+    "femur",
+    "hip bone",
+    "ankle-joint",
+    "knee-joint",
+    "hip-joint",
+    "wrist-joint",
+    "elbow-joint",
+    "shoulder-joint",
+)
 SUBTYPE_COLUMNS = (
-    "osteochondroma", "multiple osteochondromas", "simple bone cyst", "giant cell tumor", "osteofibroma",
-    "synovial osteochondroma", "other bt", "osteosarcoma", "other mt",
-)  # fmt: skip
+    "osteochondroma",
+    "multiple osteochondromas",
+    "simple bone cyst",
+    "giant cell tumor",
+    "osteofibroma",
+    "synovial osteochondroma",
+    "other bt",
+    "osteosarcoma",
+    "other mt",
+)
 REGION_COLUMNS = ("upper limb", "lower limb", "pelvis")
 VIEW_COLUMNS = ("frontal", "lateral", "oblique")
 DATASET_COLUMNS = (
@@ -236,7 +256,9 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     return ((array - lo) * (255.0 / (hi - lo or 1.0)) + 0.5).astype(np.uint8)
 
 
-def load_image(path: Path, keep_gray: bool = False, draft_size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def load_image(
+    path: Path, keep_gray: bool = False, draft_size: int | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode an image file as 8-bit pixels and report its original (height, width).
 
     Returns `pixels: uint8 [H, W, 3]` (RGB) — or `[H, W]` when `keep_gray` and the file is single-channel, which

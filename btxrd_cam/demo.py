@@ -42,11 +42,22 @@ from btxrd_cam.labelme import rasterize_annotation
 BENIGN_SUBTYPES = ("osteochondroma", "simple bone cyst", "giant cell tumor", "osteofibroma")
 MALIGNANT_SUBTYPES = ("osteosarcoma", "other mt")
 SITE_REGION = {
-    "hand": "upper limb", "ulna": "upper limb", "radius": "upper limb", "humerus": "upper limb",
-    "wrist-joint": "upper limb", "elbow-joint": "upper limb", "shoulder-joint": "upper limb",
-    "foot": "lower limb", "tibia": "lower limb", "fibula": "lower limb", "femur": "lower limb",
-    "ankle-joint": "lower limb", "knee-joint": "lower limb", "hip bone": "pelvis", "hip-joint": "pelvis",
-}  # fmt: skip
+    "hand": "upper limb",
+    "ulna": "upper limb",
+    "radius": "upper limb",
+    "humerus": "upper limb",
+    "wrist-joint": "upper limb",
+    "elbow-joint": "upper limb",
+    "shoulder-joint": "upper limb",
+    "foot": "lower limb",
+    "tibia": "lower limb",
+    "fibula": "lower limb",
+    "femur": "lower limb",
+    "ankle-joint": "lower limb",
+    "knee-joint": "lower limb",
+    "hip bone": "pelvis",
+    "hip-joint": "pelvis",
+}
 
 
 @dataclass
@@ -70,14 +81,20 @@ def _ellipse_points(cx, cy, a, b, angle, n=32) -> list[list[float]]:
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
     ca, sa = math.cos(angle), math.sin(angle)
     xs, ys = a * np.cos(t), b * np.sin(t)
-    return [[round(float(cx + x * ca - y * sa), 2), round(float(cy + x * sa + y * ca), 2)] for x, y in zip(xs, ys)]
+    return [
+        [round(float(cx + x * ca - y * sa), 2), round(float(cy + x * sa + y * ca), 2)]
+        for x, y in zip(xs, ys, strict=True)
+    ]
 
 
 def _irregular_points(rng, cx, cy, r, n=14) -> list[list[float]]:
     t = np.sort(rng.uniform(0, 2 * np.pi, n))
     radii = r * rng.uniform(0.65, 1.25, n)
     radii = (radii + np.roll(radii, 1) + np.roll(radii, -1)) / 3
-    return [[round(float(cx + q * math.cos(a)), 2), round(float(cy + q * math.sin(a)), 2)] for q, a in zip(radii, t)]
+    return [
+        [round(float(cx + q * math.cos(a)), 2), round(float(cy + q * math.sin(a)), 2)]
+        for q, a in zip(radii, t, strict=True)
+    ]
 
 
 def _draw_bone(rng, height, width):
@@ -125,14 +142,29 @@ def synthesize(rng: np.random.Generator, label: str, image_id: str, center: int)
         cx, cy = _place_on_bone(rng, centre, axis, normal, half_width, length)
         r = half_width * rng.uniform(0.25, 0.45)
         spot = np.zeros((height, width), np.uint8)
-        cv2.ellipse(spot, (int(cx), int(cy)), (int(r), int(r * rng.uniform(0.6, 1))), float(rng.uniform(0, 180)),
-                    0, 360, 1, -1)  # fmt: skip
+        cv2.ellipse(
+            spot,
+            (int(cx), int(cy)),
+            (int(r), int(r * rng.uniform(0.6, 1))),
+            float(rng.uniform(0, 180)),
+            0,
+            360,
+            1,
+            -1,
+        )
         spot = cv2.GaussianBlur(spot.astype(np.float32), (0, 0), max(1.0, r / 6))
         image += spot * (rng.choice([-40, 45]))
     marker = "LR"[int(rng.integers(0, 2))]
     letters = np.zeros((height, width), np.uint8)
-    cv2.putText(letters, marker, (int(width * 0.05), int(height * 0.1)), cv2.FONT_HERSHEY_SIMPLEX,
-                long_side / 500, 1, max(2, long_side // 250))  # fmt: skip
+    cv2.putText(
+        letters,
+        marker,
+        (int(width * 0.05), int(height * 0.1)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        long_side / 500,
+        1,
+        max(2, long_side // 250),
+    )
     image[letters > 0] = 200
 
     shapes: list[dict] = []
@@ -153,8 +185,14 @@ def synthesize(rng: np.random.Generator, label: str, image_id: str, center: int)
             subtype = str(rng.choice(MALIGNANT_SUBTYPES))
             points = _irregular_points(rng, cx, cy, r)
             shape_type = "polygon"
-        shape = {"label": subtype, "points": points, "group_id": None, "description": "",
-                 "shape_type": shape_type, "flags": {}}  # fmt: skip
+        shape = {
+            "label": subtype,
+            "points": points,
+            "group_id": None,
+            "description": "",
+            "shape_type": shape_type,
+            "flags": {},
+        }
         shapes.append(shape)
         region = rasterize_annotation({"shapes": shapes}, height, width).mask
         region_u8 = region.astype(np.uint8)
@@ -185,13 +223,20 @@ def synthesize(rng: np.random.Generator, label: str, image_id: str, center: int)
 def _dataset_row(rng, item: DemoImage) -> dict:
     row = dict.fromkeys(DATASET_COLUMNS, 0)
     site = str(rng.choice(SITE_COLUMNS))
-    row.update({
-        "image_id": item.image_id, "center": item.center, "age": int(rng.integers(5, 80)),
-        "gender": "MF"[int(rng.integers(0, 2))], site: 1, SITE_REGION[site]: 1,
-        str(rng.choice(VIEW_COLUMNS)): 1,
-        "tumor": int(item.label != "Normal"), "benign": int(item.label == "Benign"),
-        "malignant": int(item.label == "Malignant"),
-    })  # fmt: skip
+    row.update(
+        {
+            "image_id": item.image_id,
+            "center": item.center,
+            "age": int(rng.integers(5, 80)),
+            "gender": "MF"[int(rng.integers(0, 2))],
+            site: 1,
+            SITE_REGION[site]: 1,
+            str(rng.choice(VIEW_COLUMNS)): 1,
+            "tumor": int(item.label != "Normal"),
+            "benign": int(item.label == "Benign"),
+            "malignant": int(item.label == "Malignant"),
+        }
+    )
     if item.subtype:
         row[item.subtype] = 1
     assert all(c in DATASET_COLUMNS for c in row) and len(REGION_COLUMNS) == 3
@@ -201,14 +246,22 @@ def _dataset_row(rng, item: DemoImage) -> dict:
 def _labelme(item: DemoImage) -> dict:
     height, width = item.pixels.shape
     return {
-        "version": "5.2.1", "flags": {}, "shapes": item.shapes, "imagePath": f"../images/{item.image_id}",
-        "imageData": None, "imageHeight": height, "imageWidth": width,
-    }  # fmt: skip
+        "version": "5.2.1",
+        "flags": {},
+        "shapes": item.shapes,
+        "imagePath": f"../images/{item.image_id}",
+        "imageData": None,
+        "imageHeight": height,
+        "imageWidth": width,
+    }
 
 
 def _split_rows(rng, items: list[DemoImage]) -> dict[str, dict[str, list[DemoImage]]]:
     """Stratified 70/15/15 by class; center split: centers 1–2 train/val, center 3 test."""
-    splits = {"stratified": {"train": [], "val": [], "test": []}, "center": {"train": [], "val": [], "test": []}}
+    splits = {
+        "stratified": {"train": [], "val": [], "test": []},
+        "center": {"train": [], "val": [], "test": []},
+    }
     for label in DEFAULT_CLASS_NAMES:
         group = [it for it in items if it.label == label]
         order = rng.permutation(len(group))
@@ -270,8 +323,15 @@ def write_dataset(out_dir: Path, n_images: int, seed: int, quiet: bool = True) -
 
 def _tensors(data_root: Path, rows, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     names = list(DEFAULT_CLASS_NAMES)
-    xs = [preprocess(load_image(data_root / "images" / image_id, keep_gray=True)[0], image_size, IMAGENET_MEAN,
-                     IMAGENET_STD) for image_id, _ in rows]  # fmt: skip
+    xs = [
+        preprocess(
+            load_image(data_root / "images" / image_id, keep_gray=True)[0],
+            image_size,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+        )
+        for image_id, _ in rows
+    ]
     return torch.from_numpy(np.stack(xs)), torch.tensor([names.index(label) for _, label in rows])
 
 
@@ -297,13 +357,12 @@ def macro_auc(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> f
     return float(roc_auc_score(labels.numpy(), probs, multi_class="ovr", average="macro"))
 
 
-def train_model(
-    x: torch.Tensor, y: torch.Tensor, arch: str, epochs: int, seed: int, quiet: bool = True
-) -> nn.Module:
+def train_model(x: torch.Tensor, y: torch.Tensor, arch: str, epochs: int, seed: int, quiet: bool = True) -> nn.Module:
     import timm
 
     torch.manual_seed(seed)
     model = timm.create_model(arch, pretrained=False, num_classes=len(DEFAULT_CLASS_NAMES))
+    model = model.to(memory_format=torch.channels_last)  # ~1.4x faster convolutions on CPU
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     batch_size = 32
     steps = epochs * math.ceil(len(x) / batch_size)
@@ -323,12 +382,14 @@ def train_model(
                     xb = xb.flip(2)
                 if flips[2] < 0.5:
                     xb = xb.transpose(2, 3)
+                xb = xb.contiguous(memory_format=torch.channels_last)
                 loss = nn.functional.cross_entropy(model(xb), y[idx], label_smoothing=0.05)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 schedule.step()
                 advance()
+    model = model.to(memory_format=torch.contiguous_format)
     recalibrate_batchnorm(model, x)
     return model
 
@@ -338,8 +399,8 @@ def make_demo(
     seed: int = 0,
     n_images: int = 300,
     arch: str = "efficientnet_b0",
-    image_size: int = 128,
-    epochs: int = 14,
+    image_size: int = 160,
+    epochs: int = 18,
     quiet: bool = True,
 ) -> dict:
     """Build the whole demo project; returns a summary with the eval-mode test macro AUC."""
@@ -354,9 +415,13 @@ def make_demo(
     auc = macro_auc(model, x_test, y_test)
     ckpt = out_dir / "checkpoints" / "best_stratified.pt"
     save_upstream_checkpoint(
-        ckpt, model, arch, list(DEFAULT_CLASS_NAMES), image_size,
+        ckpt,
+        model,
+        arch,
+        list(DEFAULT_CLASS_NAMES),
+        image_size,
         extra={"epoch": epochs, "demo": {"seed": seed, "images": n_images, "test_macro_auc": round(auc, 4)}},
-    )  # fmt: skip
+    )
     return {
         "out_dir": str(out_dir),
         "images": n_images,

@@ -61,7 +61,8 @@ class Explanation:
 
     logits, probs: float32 [C]; pred, target: class indices; cam: float32 [h, w] in [0, 1] — the raw map on the
     feature grid (model resolution for the library-path methods); orig_size: (H, W) of the decoded original;
-    pixels: uint8 [H, W] or [H, W, 3] only when the caller asked to keep them. A failed image has `error` and nothing else.
+    pixels: uint8 [H, W] or [H, W, 3], only when the caller asked to keep them.
+    A failed image has `error` and nothing else.
     """
 
     index: int

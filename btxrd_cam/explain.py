@@ -29,9 +29,16 @@ def _record(result: Explanation, engine: Engine, settings: ExplainSettings) -> d
     record = {
         "image_id": result.item.image_id,
         "path": str(result.item.path),
-        "pred": None, "confidence": None, "probs": None, "target": None, "method": settings.method,
-        "overlay": None, "heatmap": None, "metrics": None, "error": result.error,
-    }  # fmt: skip
+        "pred": None,
+        "confidence": None,
+        "probs": None,
+        "target": None,
+        "method": settings.method,
+        "overlay": None,
+        "heatmap": None,
+        "metrics": None,
+        "error": result.error,
+    }
     if not result.ok:
         return record
     record.update(
@@ -47,14 +54,16 @@ def _record(result: Explanation, engine: Engine, settings: ExplainSettings) -> d
             annotation = rasterize_annotation(settings.annotation, *result.orig_size)
             if annotation.area == 0:
                 raise InputError(settings.annotation, "annotation has no area")
-            record["metrics"] = {"threshold": settings.threshold, "resolution": "original",
-                                 **localization_metrics(cam, annotation.mask, settings.threshold)}  # fmt: skip
+            record["metrics"] = {
+                "threshold": settings.threshold,
+                "resolution": "original",
+                **localization_metrics(cam, annotation.mask, settings.threshold),
+            }
             if annotation.warnings:
                 record["metrics"]["warnings"] = annotation.warnings
             shown = draw_outline(shown, annotation.mask)
         del cam
-        caption = (f"pred {record['pred']} ({record['confidence']:.2f})  target {record['target']}  "
-                   f"{settings.method}")  # fmt: skip
+        caption = f"pred {record['pred']} ({record['confidence']:.2f})  target {record['target']}  {settings.method}"
         stem = result.item.path.stem
         record["overlay"] = str(save_png(settings.out / f"{stem}_cam.png", captioned(shown, caption)))
         if settings.save_heatmap:
@@ -82,7 +91,12 @@ def run_explain(settings: ExplainSettings) -> ExplainOutcome:
         return record
 
     records += explain_items(
-        engine, items, target=settings.target, quiet=settings.quiet, description="explaining", each=each,
+        engine,
+        items,
+        target=settings.target,
+        quiet=settings.quiet,
+        description="explaining",
+        each=each,
         keep_pixels=True,
-    )  # fmt: skip
+    )
     return ExplainOutcome(records, sum(r["error"] is not None for r in records))

@@ -88,26 +88,40 @@ def run_gallery(settings: GallerySettings) -> GalleryOutcome:
                 if i not in thumbnails:
                     thumbnails[i] = _thumbnail(ok[i], settings.quiet)
                 result = ok[i]
-                entries.append({
-                    "image_id": result.item.image_id, "path": str(result.item.path), "label": result.item.label,
-                    "pred": names[result.pred], "target": names[result.target], f"p_{name}": float(probs[i, c]),
-                    "probs": {n: float(p) for n, p in zip(names, result.probs, strict=True)}, "file": filename,
-                })  # fmt: skip
+                entries.append(
+                    {
+                        "image_id": result.item.image_id,
+                        "path": str(result.item.path),
+                        "label": result.item.label,
+                        "pred": names[result.pred],
+                        "target": names[result.target],
+                        f"p_{name}": float(probs[i, c]),
+                        "probs": {n: float(p) for n, p in zip(names, result.probs, strict=True)},
+                        "file": filename,
+                    }
+                )
                 if thumbnails[i] is not None:
                     title = f"{result.item.image_id}\n{result.item.label} → {names[result.pred]}  p={probs[i, c]:.2f}"
                     cells.append(Cell(thumbnails[i], title))
             rows[ROW_LABELS[category]] = cells
             selected[category] = entries
-        title = (f"{name} — {settings.split}/{settings.subset} — {settings.method} — {engine.checkpoint.name}\n"
-                 f"TP {counts['TP']} · FP {counts['FP']} · FN {counts['FN']}")  # fmt: skip
+        title = (
+            f"{name} — {settings.split}/{settings.subset} — {settings.method} — {engine.checkpoint.name}\n"
+            f"TP {counts['TP']} · FP {counts['FP']} · FN {counts['FN']}"
+        )
         gallery_figure(rows, settings.k, title, settings.out / filename)
         classes[name] = {"file": filename, "counts": counts, "selected": selected}
     report = {
         "schema_version": SCHEMA_VERSION,
         "command": "gallery",
         "settings": {
-            "split": settings.split, "subset": settings.subset, "k": settings.k, "method": settings.method,
-            "target": settings.target, "format": settings.format, "data_root": str(settings.data_root),
+            "split": settings.split,
+            "subset": settings.subset,
+            "k": settings.k,
+            "method": settings.method,
+            "target": settings.target,
+            "format": settings.format,
+            "data_root": str(settings.data_root),
             "splits_dir": str(settings.splits_dir),
         },
         "checkpoint": checkpoint_info(engine),
@@ -115,6 +129,6 @@ def run_gallery(settings: GallerySettings) -> GalleryOutcome:
         "explained": len(ok),
         "classes": classes,
         "failed": failed,
-    }  # fmt: skip
+    }
     text = write_report(report, settings.out / "gallery.json")
     return GalleryOutcome(report, text, len(failed))

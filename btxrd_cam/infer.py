@@ -33,8 +33,9 @@ def label_metrics(records: list[dict], class_names: list[str]) -> dict | None:
     labels = np.array([class_names.index(r["label"]) for r in scored], dtype=int)
     probs = np.array([[r["probs"][c] for c in class_names] for r in scored], dtype=np.float64)
     metrics = classification_metrics(labels, probs.reshape(len(scored), len(class_names)), class_names)
-    metrics["failed_images"] = [{"image_id": r["image_id"], "path": r["path"], "error": r["error"]}
-                                for r in records if r["error"] is not None]  # fmt: skip
+    metrics["failed_images"] = [
+        {"image_id": r["image_id"], "path": r["path"], "error": r["error"]} for r in records if r["error"] is not None
+    ]
     return metrics
 
 
@@ -46,12 +47,26 @@ def run_infer(settings: InferSettings) -> InferOutcome:
         items, failures = find_images(settings.inputs)
     else:
         items = load_split(settings, names)
-    records = [{"image_id": text, "path": text, "label": None, "pred": None, "confidence": None, "probs": None,
-                "error": reason} for text, reason in failures]  # fmt: skip
+    records = [
+        {
+            "image_id": text,
+            "path": text,
+            "label": None,
+            "pred": None,
+            "confidence": None,
+            "probs": None,
+            "error": reason,
+        }
+        for text, reason in failures
+    ]
     records += explain_items(
-        engine, items, cams=False, quiet=settings.quiet, description="predicting",
+        engine,
+        items,
+        cams=False,
+        quiet=settings.quiet,
+        description="predicting",
         each=lambda result: prediction_record(result, names),
-    )  # fmt: skip
+    )
     metrics = label_metrics(records, names)
     if metrics is not None:
         show(metrics_table(metrics), settings.quiet)

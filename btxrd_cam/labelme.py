@@ -95,13 +95,13 @@ def rasterize_annotation(source: Path | dict, height: int, width: int, path: Pat
     warnings: list[str] = []
     scale = (1.0, 1.0)
     declared_h, declared_w = data.get("imageHeight"), data.get("imageWidth")
-    if isinstance(declared_h, (int, float)) and isinstance(declared_w, (int, float)) and declared_h and declared_w:
-        if (int(declared_h), int(declared_w)) != (height, width):
-            scale = (width / float(declared_w), height / float(declared_h))
-            warnings.append(
-                f"annotation is for a {int(declared_w)}x{int(declared_h)} image, the image is {width}x{height}: "
-                "shapes scaled to fit"
-            )
+    declared = all(isinstance(v, (int, float)) and v > 0 for v in (declared_h, declared_w))
+    if declared and (int(declared_h), int(declared_w)) != (height, width):
+        scale = (width / float(declared_w), height / float(declared_h))
+        warnings.append(
+            f"annotation is for a {int(declared_w)}x{int(declared_h)} image, the image is {width}x{height}: "
+            "shapes scaled to fit"
+        )
     canvas = np.zeros((height, width), dtype=np.uint8)
     pasted = np.zeros((height, width), dtype=bool)
     regions, ignored = 0, 0

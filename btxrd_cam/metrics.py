@@ -152,9 +152,7 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: l
         sensitivity = tp / (tp + fn) if tp + fn else None
         precision = tp / (tp + fp) if tp + fp else None
         positives = labels == c
-        auc = (
-            float(roc_auc_score(positives, probs[:, c])) if 0 < positives.sum() < len(labels) else None
-        )
+        auc = float(roc_auc_score(positives, probs[:, c])) if 0 < positives.sum() < len(labels) else None
         f1 = (
             2 * precision * sensitivity / (precision + sensitivity)
             if precision is not None and sensitivity is not None and precision + sensitivity > 0

@@ -42,8 +42,7 @@ def load_split(settings: SplitSettings, class_names: list[str], subset: str | No
     unknown = sorted({it.label for it in items if it.label is not None and it.label not in class_names})
     if unknown:
         raise UsageError(
-            f"{manifest}: labels {', '.join(unknown)} are not classes of this checkpoint "
-            f"({', '.join(class_names)})"
+            f"{manifest}: labels {', '.join(unknown)} are not classes of this checkpoint ({', '.join(class_names)})"
         )
     return items
 

@@ -69,8 +69,16 @@ def captioned(rgb: np.ndarray, caption: str) -> np.ndarray:
     scale = max(0.4, width / 1400)
     band_h = int(36 * scale) + 8
     band = np.zeros((band_h, width, 3), np.uint8)
-    cv2.putText(band, caption, (6, band_h - int(10 * scale) - 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                (255, 255, 255), max(1, int(2 * scale)), cv2.LINE_AA)  # fmt: skip
+    cv2.putText(
+        band,
+        caption,
+        (6, band_h - int(10 * scale) - 2),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        (255, 255, 255),
+        max(1, int(2 * scale)),
+        cv2.LINE_AA,
+    )
     return np.vstack([rgb, band])
 
 

@@ -10,9 +10,8 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
-import torch
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, field_validator, model_validator
 
 from btxrd_cam.data import SUBSETS, default_workers
@@ -21,8 +20,16 @@ from btxrd_cam.errors import UsageError
 DEFAULT_CKPT = Path("checkpoints/best_stratified.pt")
 CKPT_ENV = "BTXRD_CAM_CKPT"
 METHOD_NAMES = (
-    "gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "eigencam", "eigengradcam", "scorecam", "ablationcam",
-)  # fmt: skip
+    "gradcam",
+    "hirescam",
+    "gradcam++",
+    "xgradcam",
+    "layercam",
+    "eigencam",
+    "eigengradcam",
+    "scorecam",
+    "ablationcam",
+)
 
 
 def _int_at_least(minimum: int):
@@ -88,6 +95,8 @@ def check_device(value: str) -> str:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
         raise ValueError("must be auto, cpu, cuda or cuda:N")
     if text.startswith("cuda"):
+        import torch  # imported late: `btxrd-cam --help` should not wait for torch
+
         if not torch.cuda.is_available():
             raise ValueError("CUDA is not available on this machine; use --device cpu (or auto)")
         index = int(text.split(":")[1]) if ":" in text else 0
@@ -96,7 +105,10 @@ def check_device(value: str) -> str:
     return text
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str):
+    """The torch.device for a validated --device value (auto: CUDA when available, else CPU)."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -160,7 +172,7 @@ class ModelSettings(BaseModel):
         return self
 
     @property
-    def torch_device(self) -> torch.device:
+    def torch_device(self):
         return resolve_device(self.device)
 
 
@@ -245,8 +257,8 @@ class DemoSettings(BaseModel):
     seed: Annotated[int, _int_at_least(0)] = 0
     images: Annotated[int, _int_at_least(30)] = 300
     arch: str = "efficientnet_b0"
-    image_size: Annotated[int, _int_at_least(32)] = 128
-    epochs: Count = 14
+    image_size: Annotated[int, _int_at_least(32)] = 160
+    epochs: Count = 18
     quiet: bool = False
 
 

@@ -77,8 +77,18 @@ def labelme_samples() -> Path:
 
 
 def write_labelme(path: Path, shapes: list[dict], height: int, width: int) -> Path:
-    path.write_text(json.dumps({"version": "5.2.1", "shapes": shapes, "imageHeight": height,
-                                "imageWidth": width, "imagePath": "elsewhere.jpg", "imageData": None}))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "version": "5.2.1",
+                "shapes": shapes,
+                "imageHeight": height,
+                "imageWidth": width,
+                "imagePath": "elsewhere.jpg",
+                "imageData": None,
+            }
+        )
+    )
     return path
 
 

@@ -13,13 +13,30 @@ def _upstream_save(path, wrapper, image_size=64, mean=(0.5, 0.5, 0.5), std=(0.25
     """Save exactly what the upstream training loop saves."""
     optimizer = torch.optim.AdamW(wrapper.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=3)
-    config = {"model": {"backbone": TINY_ARCH, "num_classes": 3, "class_names": ["Normal", "Benign", "Malignant"],
-                        "dropout": 0.3},
-              "data": {"image_size": image_size}, "train": {"epochs": 3, "lr": 1e-3}}  # fmt: skip
-    torch.save({"epoch": 7, "model_state_dict": wrapper.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
-                "scheduler_state_dict": scheduler.state_dict(), "val_loss": 0.42, "config": config,
-                "class_names": ["Normal", "Benign", "Malignant"], "normalization": {"mean": list(mean), "std": list(std)},
-                "class_weights": torch.tensor([1.0, 1.2, 3.4])}, path)  # fmt: skip
+    config = {
+        "model": {
+            "backbone": TINY_ARCH,
+            "num_classes": 3,
+            "class_names": ["Normal", "Benign", "Malignant"],
+            "dropout": 0.3,
+        },
+        "data": {"image_size": image_size},
+        "train": {"epochs": 3, "lr": 1e-3},
+    }
+    torch.save(
+        {
+            "epoch": 7,
+            "model_state_dict": wrapper.state_dict(),
+            "optimizer_state_dict": optimizer.state_dict(),
+            "scheduler_state_dict": scheduler.state_dict(),
+            "val_loss": 0.42,
+            "config": config,
+            "class_names": ["Normal", "Benign", "Malignant"],
+            "normalization": {"mean": list(mean), "std": list(std)},
+            "class_weights": torch.tensor([1.0, 1.2, 3.4]),
+        },
+        path,
+    )
 
 
 def test_upstream_checkpoint_gives_the_wrappers_logits(tmp_path):
@@ -28,7 +45,11 @@ def test_upstream_checkpoint_gives_the_wrappers_logits(tmp_path):
     path = tmp_path / "best_stratified.pt"
     _upstream_save(path, wrapper)
     ckpt = load_checkpoint(path)
-    assert (ckpt.arch, ckpt.class_names, ckpt.image_size) == (TINY_ARCH, ["Normal", "Benign", "Malignant"], 64)
+    assert (ckpt.arch, ckpt.class_names, ckpt.image_size) == (
+        TINY_ARCH,
+        ["Normal", "Benign", "Malignant"],
+        64,
+    )
     assert ckpt.mean == (0.5, 0.5, 0.5) and ckpt.std == (0.25, 0.25, 0.25)
     assert ckpt.metadata == {"epoch": 7, "val_loss": 0.42} and len(ckpt.sha256) == 64
     x = torch.randn(2, 3, 64, 64)
@@ -87,10 +108,16 @@ def test_class_count_mismatch_and_garbage_files(tmp_path):
         load_checkpoint(junk)
 
 
-@pytest.mark.parametrize("arch, layer", [
-    ("test_efficientnet", "bn2"), ("efficientnet_b0", "bn2"), ("resnet18", "layer4"),
-    ("test_convnext", "stages.3"), ("densenet121", "features.norm5"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "arch, layer",
+    [
+        ("test_efficientnet", "bn2"),
+        ("efficientnet_b0", "bn2"),
+        ("resnet18", "layer4"),
+        ("test_convnext", "stages.3"),
+        ("densenet121", "features.norm5"),
+    ],
+)
 def test_target_layer_is_the_final_feature_map_layer(arch, layer):
     model = timm.create_model(arch, pretrained=False, num_classes=3)
     assert resolve_target_layer(model, 64) == layer

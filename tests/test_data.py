@@ -25,13 +25,16 @@ def test_dataset_has_the_37_btxrd_columns():
     assert DATASET_COLUMNS[:4] == ("image_id", "center", "age", "gender")
 
 
-@pytest.mark.parametrize("row, label", [
-    ({"tumor": 1, "benign": 0, "malignant": 1}, "Malignant"),
-    ({"tumor": 1, "benign": 1, "malignant": 1}, "Malignant"),
-    ({"tumor": 1, "benign": "1", "malignant": "0"}, "Benign"),
-    ({"tumor": 0, "benign": 0, "malignant": 0}, "Normal"),
-    ({}, "Normal"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "row, label",
+    [
+        ({"tumor": 1, "benign": 0, "malignant": 1}, "Malignant"),
+        ({"tumor": 1, "benign": 1, "malignant": 1}, "Malignant"),
+        ({"tumor": 1, "benign": "1", "malignant": "0"}, "Benign"),
+        ({"tumor": 0, "benign": 0, "malignant": 0}, "Normal"),
+        ({}, "Normal"),
+    ],
+)
 def test_label_derivation(row, label):
     assert label_from_row(row) == label
 
@@ -50,8 +53,10 @@ def _write_dataset(root, rows):
 
 
 def test_metadata_from_csv_and_xlsx_agree(tmp_path):
-    rows = [{"image_id": "IMG000001.jpeg", "center": 2, "tumor": 1, "benign": 1, "simple bone cyst": 1},
-            {"image_id": "IMG000002.jpg", "center": 1}]  # fmt: skip
+    rows = [
+        {"image_id": "IMG000001.jpeg", "center": 2, "tumor": 1, "benign": 1, "simple bone cyst": 1},
+        {"image_id": "IMG000002.jpg", "center": 1},
+    ]
     _write_dataset(tmp_path, rows)
     from_csv = read_metadata(tmp_path)
     assert from_csv["IMG000001"].label == "Benign" and from_csv["IMG000001"].subtype == "simple bone cyst"
@@ -67,7 +72,8 @@ def test_metadata_from_csv_and_xlsx_agree(tmp_path):
     book.save(xlsx_root / "dataset.xlsx")
     from_xlsx = read_metadata(xlsx_root)
     assert {k: (v.label, v.subtype) for k, v in from_xlsx.items()} == {
-        k: (v.label, v.subtype) for k, v in from_csv.items()}  # fmt: skip
+        k: (v.label, v.subtype) for k, v in from_csv.items()
+    }
 
 
 def test_manifest_rows_resolve_images_annotations_and_missing_files(tmp_path):
@@ -77,10 +83,14 @@ def test_manifest_rows_resolve_images_annotations_and_missing_files(tmp_path):
     cv2.imwrite(str(tmp_path / "images" / "IMG000002.jpg"), gray_image(20, 30))
     (tmp_path / "Annotations" / "IMG000001.json").write_text("{}")
     manifest = tmp_path / "m.csv"
-    manifest.write_text("image_id,split,label\nIMG000001.jpeg,test,Benign\nIMG000002,test,Normal\n"
-                        "IMG000003.jpeg,test,Malignant\n")  # fmt: skip
-    assert read_manifest(manifest) == [("IMG000001.jpeg", "Benign"), ("IMG000002", "Normal"),
-                                       ("IMG000003.jpeg", "Malignant")]  # fmt: skip
+    manifest.write_text(
+        "image_id,split,label\nIMG000001.jpeg,test,Benign\nIMG000002,test,Normal\nIMG000003.jpeg,test,Malignant\n"
+    )
+    assert read_manifest(manifest) == [
+        ("IMG000001.jpeg", "Benign"),
+        ("IMG000002", "Normal"),
+        ("IMG000003.jpeg", "Malignant"),
+    ]
     items = split_items(tmp_path, manifest)
     assert [it.image_id for it in items] == ["IMG000001", "IMG000002", "IMG000003"]
     assert items[0].annotation is not None and items[1].annotation is None
@@ -99,11 +109,19 @@ def test_find_images_walks_directories_globs_and_reports_bad_inputs(tmp_path):
     (tmp_path / "empty").mkdir()
     for name in ("a/x.png", "a/b/y.jpg", "a/notes.txt"):
         (tmp_path / name).write_bytes(b"")
-    items, failures = find_images([str(tmp_path / "a"), str(tmp_path / "a" / "*.png"), str(tmp_path / "nope.png"),
-                                   str(tmp_path / "empty")])  # fmt: skip
+    items, failures = find_images(
+        [
+            str(tmp_path / "a"),
+            str(tmp_path / "a" / "*.png"),
+            str(tmp_path / "nope.png"),
+            str(tmp_path / "empty"),
+        ]
+    )
     assert [it.path.name for it in items] == ["y.jpg", "x.png"]  # sorted walk, duplicates dropped
-    assert [reason for _, reason in failures] == ["no such file or directory",
-                                                  "directory contains no images (.jpg, .jpeg, .png, .bmp, .tif, .tiff)"]
+    assert [reason for _, reason in failures] == [
+        "no such file or directory",
+        "directory contains no images (.jpg, .jpeg, .png, .bmp, .tif, .tiff)",
+    ]
 
 
 def test_every_file_kind_loads_as_8bit_rgb(tmp_path):

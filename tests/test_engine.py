@@ -15,9 +15,17 @@ from tests.conftest import gray_image
 
 
 def _checkpoint(model, size=64, layer=None, names=("Normal", "Benign", "Malignant")):
-    return Checkpoint(model=model, arch="x", class_names=list(names), image_size=size, mean=(0.5,) * 3,
-                      std=(0.25,) * 3, target_layer_name=layer or resolve_target_layer(model, size), path=None,
-                      sha256="")  # fmt: skip
+    return Checkpoint(
+        model=model,
+        arch="x",
+        class_names=list(names),
+        image_size=size,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        target_layer_name=layer or resolve_target_layer(model, size),
+        path=None,
+        sha256="",
+    )
 
 
 def _model(arch):

@@ -68,7 +68,11 @@ def test_mask_shape_is_pasted_inside_its_box():
     region[2:8, 5:15] = 255
     buffer = io.BytesIO()
     Image.fromarray(region).save(buffer, format="PNG")
-    shape = {"shape_type": "mask", "points": [[30, 40], [49, 49]], "mask": base64.b64encode(buffer.getvalue()).decode()}
+    shape = {
+        "shape_type": "mask",
+        "points": [[30, 40], [49, 49]],
+        "mask": base64.b64encode(buffer.getvalue()).decode(),
+    }
     mask = _single(shape, 100, 100).mask
     assert mask.sum() == 60 and mask[42:48, 35:45].all()
 
@@ -91,15 +95,18 @@ def test_image_path_is_never_used(tmp_path):
     assert rasterize_annotation(path, 5, 5).area == 4  # "elsewhere.jpg" does not exist and nobody asked
 
 
-@pytest.mark.parametrize("content, reason", [
-    ("{not json", "malformed JSON"),
-    ('{"version": "5"}', "no 'shapes' list"),
-    ('{"shapes": []}', "no region shape"),
-    ('{"shapes": [{"shape_type": "polygon"}]}', "no valid 'points'"),
-    ('{"shapes": [{"shape_type": "polygon", "points": [[1, 2], [3, 4]]}]}', "at least 3 points"),
-    ('{"shapes": [{"shape_type": "blob", "points": [[1, 2]]}]}', "unknown shape_type"),
-    ('{"shapes": [{"shape_type": "line", "points": [[1, 2], [3, 4]]}]}', "no region shape"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        ("{not json", "malformed JSON"),
+        ('{"version": "5"}', "no 'shapes' list"),
+        ('{"shapes": []}', "no region shape"),
+        ('{"shapes": [{"shape_type": "polygon"}]}', "no valid 'points'"),
+        ('{"shapes": [{"shape_type": "polygon", "points": [[1, 2], [3, 4]]}]}', "at least 3 points"),
+        ('{"shapes": [{"shape_type": "blob", "points": [[1, 2]]}]}', "unknown shape_type"),
+        ('{"shapes": [{"shape_type": "line", "points": [[1, 2], [3, 4]]}]}', "no region shape"),
+    ],
+)
 def test_malformed_files_are_input_errors_naming_file_and_reason(tmp_path, content, reason):
     path = tmp_path / "IMG000009.json"
     path.write_text(content)

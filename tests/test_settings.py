@@ -34,8 +34,15 @@ def test_threshold_accepts_numbers_otsu_and_tune(tiny_ckpt, value, expected):
 
 def test_every_problem_gets_its_own_line(tiny_ckpt, tmp_path):
     with pytest.raises(UsageError) as exc:
-        build_settings(GallerySettings, ckpt=tmp_path / "missing.pt", k="0", batch_size="x", subset="dev",
-                       split="weird", device="tpu")  # fmt: skip
+        build_settings(
+            GallerySettings,
+            ckpt=tmp_path / "missing.pt",
+            k="0",
+            batch_size="x",
+            subset="dev",
+            split="weird",
+            device="tpu",
+        )
     got = {line.split(":")[0] for line in lines(exc)}
     assert got == {"--ckpt", "--k", "--batch-size", "--subset", "--split", "--device"}
 
@@ -91,5 +98,10 @@ def test_unwritable_out_is_refused_before_anything_runs(tiny_ckpt, tmp_path):
 def test_defaults_follow_upstream_layout(tiny_ckpt):
     settings = build_settings(GallerySettings, ckpt=tiny_ckpt)
     assert (settings.data_root, settings.splits_dir, settings.subset, settings.out, settings.k) == (
-        Path("data_raw"), Path("data/splits"), "test", Path("results/gradcam"), 3)  # fmt: skip
+        Path("data_raw"),
+        Path("data/splits"),
+        "test",
+        Path("results/gradcam"),
+        3,
+    )
     assert settings.batch_size == 16 and settings.method == "gradcam" and settings.target == "pred"
