@@ -70,6 +70,9 @@ def run_gallery(settings: GallerySettings) -> GalleryOutcome:
         raise UsageError(f"--split: the {settings.split}/{settings.subset} split has no images")
     settings.out.mkdir(parents=True, exist_ok=True)
     results = explain_items(engine, items, target=settings.target, quiet=settings.quiet, description="explaining")
+    for result in results:
+        if result.ok and result.item.label is None:
+            result.error = "no label for this image in the manifest or dataset.csv"
     ok = [r for r in results if r.ok]
     failed = [failure_record(r.item.image_id, r.item.path, r.error) for r in results if not r.ok]
     labels = np.array([names.index(r.item.label) for r in ok], dtype=int)
