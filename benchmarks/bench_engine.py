@@ -11,7 +11,7 @@ import argparse
 import numpy as np
 import timm
 import torch
-from common import median_time, save_results, table
+from common import interleaved_medians, save_results, table
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -29,10 +29,12 @@ def main() -> None:
     torch.manual_seed(0)
     model = timm.create_model("efficientnet_b0", pretrained=False, num_classes=3).eval().to(device)
     x = torch.randn(args.batch, 3, 224, 224, device=device)
-    ckpt = Checkpoint(model, "efficientnet_b0", ["Normal", "Benign", "Malignant"], 224, (0.5,) * 3, (0.5,) * 3,
+    engine_model = timm.create_model("efficientnet_b0", pretrained=False, num_classes=3).eval()
+    engine_model.load_state_dict(model.state_dict())  # the engine converts its model to channels_last
+    ckpt = Checkpoint(engine_model, "efficientnet_b0", ["Normal", "Benign", "Malignant"], 224, (0.5,) * 3, (0.5,) * 3,
                       "bn2", None, "")  # fmt: skip
     sync = device.type == "cuda"
-    rows, results = [], {}
+    rows = []
 
     def inference():
         with torch.inference_mode():
@@ -51,7 +53,17 @@ def main() -> None:
         with GradCAM(model, target_layers=[model.bn2]) as cam:
             cam(x, None)
 
+    model_cl = timm.create_model("efficientnet_b0", pretrained=False, num_classes=3).eval().to(device)
+    model_cl.load_state_dict(model.state_dict())
+    model_cl = model_cl.to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+
+    def inference_channels_last():
+        with torch.inference_mode():
+            model_cl(x_cl)
+
     candidates = {"inference (torch.inference_mode)": inference,
+                  "inference, channels_last (the engine's layout)": inference_channels_last,
                   "btxrd-cam engine: prediction + Grad-CAM": engine_explain(Engine(ckpt, device=device)),
                   "upstream two-step (inference, then GradCAM)": upstream_two_step,
                   "pytorch-grad-cam GradCAM alone": grad_cam_alone}  # fmt: skip
@@ -76,8 +88,7 @@ def main() -> None:
                 model(x)
 
         candidates["inference --amp (bf16 autocast)"] = inference_amp
-    for name, fn in candidates.items():
-        results[name] = median_time(fn, args.repeats, sync=sync)
+    results = interleaved_medians(candidates, args.repeats, warmup=3, sync=sync)
     base = results["inference (torch.inference_mode)"]
     engine = results["btxrd-cam engine: prediction + Grad-CAM"]
     for name, seconds in results.items():
@@ -87,7 +98,7 @@ def main() -> None:
     # the maps are the library's
     engine_obj = Engine(ckpt, device=device)
     _, cams = engine_obj.explain_tensors(x[:4], [0, 1, 2, 0])
-    with GradCAM(model, target_layers=[model.bn2]) as cam:
+    with GradCAM(model, target_layers=[model.bn2]) as cam:  # the library on the untouched contiguous model
         expected = cam(x[:4], [ClassifierOutputTarget(t) for t in (0, 1, 2, 0)])
     diff = float(np.abs(np.stack([upsample_cam(c, (224, 224)) for c in cams]) - expected).max())
     print(f"max |engine - pytorch-grad-cam| on [0,1] maps: {diff:.2e}")

@@ -49,6 +49,24 @@ def median_time(fn, repeats: int = 7, warmup: int = 2, sync: bool = False) -> fl
     return statistics.median(times)
 
 
+def interleaved_medians(candidates: dict, repeats: int = 7, warmup: int = 3, sync: bool = False) -> dict:
+    """Median seconds per candidate, measured round-robin so that drift (warm-up, clocks) hits all alike."""
+    for _ in range(warmup):
+        for fn in candidates.values():
+            fn()
+    times = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            if sync:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if sync:
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def save_results(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{machine_kind()}.json"

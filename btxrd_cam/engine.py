@@ -142,7 +142,8 @@ class Engine:
             raise UsageError(f"--method: got {method}; must be one of {', '.join(METHODS)}")
         self.checkpoint = checkpoint
         self.device = torch.device(device)
-        self.model = checkpoint.model.to(self.device)
+        # channels-last convolutions are ~1.2x faster on CPU (oneDNN) and what tensor cores want on CUDA
+        self.model = checkpoint.model.to(self.device, memory_format=torch.channels_last)
         self.layer = checkpoint.target_layer
         self.method = method
         self.batch_size = batch_size
@@ -175,13 +176,17 @@ class Engine:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast(device_type="cuda", dtype=dtype)
 
+    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
     def predict_tensors(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits float32 [B, C] of a plain inference-mode forward (no CAM)."""
+        batch = self._to_device(batch)
         with torch.inference_mode(), self._autocast():
             was_training = self.model.training
             self.model.eval()
             try:
-                return self.model(batch.to(self.device)).float()
+                return self.model(batch).float()
             finally:
                 self.model.train(was_training)
 
@@ -190,7 +195,7 @@ class Engine:
 
         targets: a class index per image, or None for "the class this very pass predicts".
         """
-        batch = batch.to(self.device)
+        batch = self._to_device(batch)
         if not self.single_pass:
             return self._explain_with_library(batch, targets)
         captured: dict[str, torch.Tensor] = {}
