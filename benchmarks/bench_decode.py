@@ -35,7 +35,7 @@ def make_inputs(count: int) -> list[Path]:
     return paths
 
 
-def per_image(fn, paths, repeats=3) -> float:
+def per_image(fn, paths, repeats=5) -> float:
     return median_time(lambda: [fn(p) for p in paths], repeats=repeats, warmup=1) / len(paths)
 
 

@@ -82,7 +82,8 @@ def radiograph_jpeg(path: Path, height: int, width: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     coarse = rng.standard_normal((height // 100 + 2, width // 100 + 2)).astype(np.float32)
     field = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC) * 30 + 110
-    field += rng.standard_normal((height, width)).astype(np.float32) * 4
+    field += rng.standard_normal((height, width)).astype(np.float32) * 2.5
+    field = cv2.GaussianBlur(field, (0, 0), 0.7)
     cv2.imwrite(str(path), np.clip(field, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 80])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from btxrd_cam.data import find_images
@@ -49,7 +50,10 @@ def _record(result: Explanation, engine: Engine, settings: ExplainSettings) -> d
     )
     try:
         cam = upsample_cam(result.cam, result.orig_size)
-        shown = overlay(result.pixels, cam, settings.alpha)
+        pixels = result.pixels
+        if pixels.shape[:2] != result.orig_size:  # --fast-decode decoded a reduced image: draw at full size
+            pixels = cv2.resize(pixels, result.orig_size[::-1], interpolation=cv2.INTER_LINEAR)
+        shown = overlay(pixels, cam, settings.alpha)
         if settings.annotation is not None:
             annotation = rasterize_annotation(settings.annotation, *result.orig_size)
             if annotation.area == 0:

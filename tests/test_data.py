@@ -189,3 +189,12 @@ def test_preprocess_matches_a_hand_computation():
     expected = cv2.resize(wide, (8, 8), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
     np.testing.assert_allclose(preprocess(wide, 8, (0, 0, 0), (1, 1, 1))[1], expected, atol=1e-7)
     assert np.array_equal(preprocess(wide, 8, mean, std), preprocess(np.dstack([wide] * 3), 8, mean, std))
+
+
+def test_fast_decode_reduces_large_jpegs_but_reports_the_original_size(tmp_path):
+    cv2.imwrite(str(tmp_path / "big.jpg"), gray_image(1200, 1600))
+    reduced, size = load_image(tmp_path / "big.jpg", keep_gray=True, draft_size=300)
+    assert size == (1200, 1600)
+    assert reduced.shape == (300, 400)  # libjpeg's 1/4 scale: the smallest one still >= 300 px per side
+    exact, _ = load_image(tmp_path / "big.jpg", keep_gray=True)
+    assert exact.shape == (1200, 1600)

@@ -112,3 +112,9 @@ def test_huge_image_is_decoded_without_exhausting_memory(tiny_ckpt, tmp_path):
     del big
     (record,) = run_explain(_settings(tiny_ckpt, [huge], tmp_path / "out")).records
     assert record["error"] is None and Image.open(record["overlay"]).width == 12000
+
+
+def test_fast_decode_overlay_is_still_at_the_original_size(tiny_ckpt, tmp_path):
+    cv2.imwrite(str(tmp_path / "big.jpg"), np.random.default_rng(2).integers(0, 255, (700, 900), dtype=np.uint8))
+    (record,) = run_explain(_settings(tiny_ckpt, [tmp_path / "big.jpg"], tmp_path / "out", fast_decode=True)).records
+    assert record["error"] is None and Image.open(record["overlay"]).width == 900
