@@ -28,8 +28,10 @@ def machine() -> dict:
 
 
 def machine_kind() -> str:
-    return "cuda-" + torch.cuda.get_device_name(0).replace(" ", "-").lower() if torch.cuda.is_available() else (
-        f"cpu-{os.cpu_count()}core"
+    return (
+        "cuda-" + torch.cuda.get_device_name(0).replace(" ", "-").lower()
+        if torch.cuda.is_available()
+        else (f"cpu-{os.cpu_count()}core")
     )
 
 

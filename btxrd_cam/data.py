@@ -256,6 +256,26 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     return ((array - lo) * (255.0 / (hi - lo or 1.0)) + 0.5).astype(np.uint8)
 
 
+_REDUCED = {
+    ("L", 2): cv2.IMREAD_REDUCED_GRAYSCALE_2, ("L", 4): cv2.IMREAD_REDUCED_GRAYSCALE_4,
+    ("L", 8): cv2.IMREAD_REDUCED_GRAYSCALE_8, ("RGB", 2): cv2.IMREAD_REDUCED_COLOR_2,
+    ("RGB", 4): cv2.IMREAD_REDUCED_COLOR_4, ("RGB", 8): cv2.IMREAD_REDUCED_COLOR_8,
+}  # fmt: skip
+
+
+def _reduction(size: tuple[int, int], at_least: int) -> int:
+    """The largest libjpeg scale 1/2, 1/4, 1/8 that keeps both sides ≥ at_least pixels (1: none)."""
+    return next((f for f in (8, 4, 2) if min(size) // f >= at_least), 1)
+
+
+def _reduced_jpeg(path: Path, mode: str, factor: int) -> np.ndarray:
+    """libjpeg's DCT-domain downscaled decode via OpenCV (EXIF orientation applied by OpenCV)."""
+    pixels = cv2.imread(str(path), _REDUCED[(mode, factor)])
+    if pixels is None:
+        raise InputError(path, "unreadable image (reduced JPEG decode failed)")
+    return pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+
+
 def load_image(
     path: Path, keep_gray: bool = False, draft_size: int | None = None
 ) -> tuple[np.ndarray, tuple[int, int]]:
@@ -263,8 +283,8 @@ def load_image(
 
     Returns `pixels: uint8 [H, W, 3]` (RGB) — or `[H, W]` when `keep_gray` and the file is single-channel, which
     is exact: Pillow's RGB conversion of a grayscale image replicates the channel. EXIF orientation is applied;
-    16-bit images are scaled, palette and alpha images converted. `draft_size` lets libjpeg decode JPEGs at a
-    reduced DCT scale no smaller than that many pixels per side (the `--fast-decode` path; not exact).
+    16-bit images are scaled, palette and alpha images converted. `draft_size` lets libjpeg decode JPEGs at the
+    smallest DCT scale (1/2, 1/4, 1/8, via OpenCV) that keeps both sides ≥ draft_size (`--fast-decode`; not exact).
     Raises InputError naming the file for anything unreadable.
     """
     path = Path(path)
@@ -280,8 +300,10 @@ def load_image(
                 orientation = image.getexif().get(0x0112, 1)
                 if orientation in (5, 6, 7, 8):
                     width, height = height, width
-                if draft_size and image.format == "JPEG":
-                    image.draft(image.mode, (draft_size, draft_size))
+                if draft_size and image.format == "JPEG" and image.mode in ("L", "RGB"):
+                    factor = _reduction(image.size, draft_size)
+                    if factor > 1:
+                        return _reduced_jpeg(path, image.mode, factor), (height, width)
                 image = ImageOps.exif_transpose(image)
                 mode = image.mode
                 if mode in ("L", "I;16", "I;16B", "I;16L", "I", "F", "1"):

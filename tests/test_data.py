@@ -198,3 +198,15 @@ def test_fast_decode_reduces_large_jpegs_but_reports_the_original_size(tmp_path)
     assert reduced.shape == (300, 400)  # libjpeg's 1/4 scale: the smallest one still >= 300 px per side
     exact, _ = load_image(tmp_path / "big.jpg", keep_gray=True)
     assert exact.shape == (1200, 1600)
+
+
+def test_fast_decode_applies_exif_orientation_too(tmp_path):
+    pixels = np.zeros((400, 1200), np.uint8)
+    pixels[:, :200] = 255
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "r.jpg", exif=exif, quality=95)
+    reduced, size = load_image(tmp_path / "r.jpg", keep_gray=True, draft_size=100)
+    assert size == (1200, 400) and reduced.shape == (300, 100)
+    assert reduced[:40].mean() > 200 and reduced[-40:].mean() < 50
