@@ -6,6 +6,7 @@ default), summarise with bootstrap intervals and breakdowns, and draw the most c
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,6 @@ from btxrd_cam.metrics import (
     SWEEP_THRESHOLDS,
     bootstrap_ci,
     describe,
-    iou_sweep,
     lesion_size_bins,
     localization_metrics,
     otsu_threshold,
@@ -66,12 +66,13 @@ def score_image(result: Explanation, engine: Engine, threshold, resolution: str)
         size, mask = result.orig_size, annotation.mask
     cam = upsample_cam(result.cam, size)
     used = otsu_threshold(cam) if threshold == "otsu" else float(threshold)
-    metrics = localization_metrics(cam, mask, used)
+    metrics = localization_metrics(cam, mask, used, sweep=SWEEP_THRESHOLDS)
+    sweep = metrics.pop("sweep")
     if threshold == "otsu":
         metrics["threshold"] = used
     if annotation.warnings:
         metrics["warnings"] = annotation.warnings
-    return metrics, iou_sweep(cam, mask)
+    return metrics, sweep
 
 
 def _score(result: Explanation, engine: Engine, settings: AnnotateSettings, threshold) -> Scored:
@@ -98,6 +99,21 @@ def _score(result: Explanation, engine: Engine, settings: AnnotateSettings, thre
     return Scored(record, item, result.cam, sweep)
 
 
+def score_items(engine: Engine, items: list[ImageItem], settings: AnnotateSettings, threshold, description: str):
+    """Explain the items in one engine pass and score each; full-size scoring (megapixel masks and maps) runs in
+    a thread beside the engine, so the next batch does not wait for it."""
+    with ThreadPoolExecutor(max_workers=1) as scorer:
+        futures = explain_items(
+            engine,
+            items,
+            target=settings.target,
+            quiet=settings.quiet,
+            description=description,
+            each=lambda result: scorer.submit(_score, result, engine, settings, threshold),
+        )
+        return [future.result() for future in futures]
+
+
 def _annotated(items: list[ImageItem]) -> list[ImageItem]:
     return [it for it in items if it.annotation is not None]
 
@@ -115,14 +131,7 @@ def tune_threshold(engine: Engine, settings: AnnotateSettings) -> dict:
     val_items = _annotated(load_split(settings, engine.class_names, subset="val"))
     if not val_items:
         raise UsageError(f"--threshold: tune needs annotated images in {manifest}, and it has none")
-    scored = explain_items(
-        engine,
-        val_items,
-        target=settings.target,
-        quiet=settings.quiet,
-        description="tuning on val",
-        each=lambda r: _score(r, engine, settings, 0.5),
-    )
+    scored = score_items(engine, val_items, settings, 0.5, "tuning on val")
     sweeps = [s.sweep for s in scored if s.sweep is not None and _selected(s.record, settings.select)]
     if not sweeps:
         raise UsageError(f"--threshold: no usable annotated image in {manifest} to tune on")
@@ -208,14 +217,7 @@ def run_annotate(settings: AnnotateSettings) -> AnnotateOutcome:
             f"no annotated image in the {settings.split}/{settings.subset} split: nothing to score",
             settings.quiet,
         )
-    scored = explain_items(
-        engine,
-        annotated,
-        target=settings.target,
-        quiet=settings.quiet,
-        description="scoring",
-        each=lambda r: _score(r, engine, settings, threshold),
-    )
+    scored = score_items(engine, annotated, settings, threshold, "scoring")
     failed = [s.record for s in scored if s.record["error"] is not None]
     evaluated = [s for s in scored if s.record["error"] is None and _selected(s.record, settings.select)]
     records = [s.record for s in evaluated]

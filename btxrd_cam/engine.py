@@ -86,8 +86,13 @@ def upsample_cam(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Raw CAM → float32 [H, W] in [0, 1] at `size` = (H, W), exactly as pytorch-grad-cam scales its maps
     (bilinear resize of the normalised map, clamp at 0, min–max normalise again)."""
     height, width = size
-    resized = scale_cam_image(cam[None].astype(np.float32), (width, height))
-    return scale_cam_image(np.maximum(resized, 0))[0]
+    grid = scale_cam_image(cam[None].astype(np.float32))[0]  # the library's normalisation, on the small grid
+    full = cv2.resize(grid, (width, height))  # bilinear, as scale_cam_image resizes
+    # the library's second normalisation, done in place: full-size maps are megapixels
+    np.maximum(full, 0, out=full)
+    full -= full.min()
+    full /= 1e-7 + full.max()
+    return full
 
 
 @contextlib.contextmanager

@@ -80,17 +80,85 @@ def otsu_threshold(cam: np.ndarray) -> float:
     return float(min(max((value + 1) / 255.0, 1 / 255.0), 1.0))
 
 
-def localization_metrics(cam: np.ndarray, mask: np.ndarray, threshold: float) -> dict[str, float | bool | None]:
-    """Every per-image agreement metric of one CAM against one mask, at one threshold."""
-    return {
-        "iou": iou(cam, mask, threshold),
-        "dice": dice(cam, mask, threshold),
-        "pointing_game": pointing_game(cam, mask),
-        "energy_pointing_game": energy_pointing_game(cam, mask),
-        "pxap": pxap(cam, mask),
-        "cam_area": area_fraction(binarize(cam, threshold)),
-        "mask_area": area_fraction(mask),
+class SortedScores:
+    """The CAM values inside and outside the mask, each sorted once, so that every metric — at any number of
+    thresholds, and PxAP — is a binary search instead of another pass over millions of pixels.
+
+    Gives exactly what the one-line reference functions above give (the tests hold them equal).
+    """
+
+    def __init__(self, cam: np.ndarray, mask: np.ndarray) -> None:
+        cam = np.asarray(cam, dtype=np.float32)
+        if cam.size and cam.min() < 0:
+            raise ValueError("cam must be non-negative (a min-max normalised map)")
+        # non-negative float32 values order exactly as their bit patterns: integer sorting is ~20% faster
+        self.inside = np.sort(cam[mask].view(np.uint32), axis=None).view(np.float32)
+        self.outside = np.sort(cam[~mask].view(np.uint32), axis=None).view(np.float32)
+        self.size = cam.size
+
+    @staticmethod
+    def _at_least(values: np.ndarray, threshold: float) -> int:
+        """How many float32 values are ≥ threshold, comparing as `cam >= threshold` does (in float32)."""
+        return int(values.size - np.searchsorted(values, np.float32(threshold), side="left"))
+
+    def iou(self, threshold: float) -> float:
+        intersection = self._at_least(self.inside, threshold)
+        union = self.inside.size + self._at_least(self.outside, threshold)
+        return float(intersection / union) if union else 0.0
+
+    def dice(self, threshold: float) -> float:
+        intersection = self._at_least(self.inside, threshold)
+        total = intersection + self._at_least(self.outside, threshold) + self.inside.size
+        return float(2 * intersection / total) if total else 0.0
+
+    def cam_area(self, threshold: float) -> float:
+        return (self._at_least(self.inside, threshold) + self._at_least(self.outside, threshold)) / self.size
+
+    def pointing_game(self) -> bool:
+        if self.inside.size == 0:
+            return False
+        peak = max(self.inside[-1], self.outside[-1] if self.outside.size else -np.inf)
+        return bool(peak > 0 and self.inside[-1] == peak and (self.outside.size == 0 or self.outside[-1] < peak))
+
+    def energy_pointing_game(self) -> float:
+        inside = float(self.inside.sum(dtype=np.float64))
+        total = inside + float(self.outside.sum(dtype=np.float64))
+        return inside / total if total > 0 else 0.0
+
+    def pxap(self) -> float | None:
+        """Average precision Σ (R_k − R_{k−1}) P_k over the distinct CAM values, as scikit-learn computes it."""
+        positives = self.inside.size
+        if positives == 0:
+            return None
+        if self.outside.size == 0:
+            return 1.0
+        descending = self.inside[::-1]
+        run_ends = np.append(np.flatnonzero(np.diff(descending)), positives - 1)
+        values = descending[run_ends]
+        true_positives = run_ends + 1
+        false_positives = self.outside.size - np.searchsorted(self.outside, values, side="left")
+        precision = true_positives / (true_positives + false_positives)
+        recall_steps = np.diff(true_positives, prepend=0) / positives
+        return float(np.sum(recall_steps * precision))
+
+
+def localization_metrics(
+    cam: np.ndarray, mask: np.ndarray, threshold: float, sweep: tuple[float, ...] = ()
+) -> dict[str, float | bool | None]:
+    """Every per-image agreement metric of one CAM against one mask at one threshold (+ IoU at `sweep`)."""
+    scores = SortedScores(cam, mask)
+    metrics = {
+        "iou": scores.iou(threshold),
+        "dice": scores.dice(threshold),
+        "pointing_game": scores.pointing_game(),
+        "energy_pointing_game": scores.energy_pointing_game(),
+        "pxap": scores.pxap(),
+        "cam_area": scores.cam_area(threshold),
+        "mask_area": scores.inside.size / scores.size if scores.size else 0.0,
     }
+    if sweep:
+        metrics["sweep"] = [scores.iou(t) for t in sweep]
+    return metrics
 
 
 # ---- summaries --------------------------------------------------------------------------------------------
@@ -178,18 +246,6 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: l
         "per_class": per_class,
         "confusion_matrix": {"labels": list(class_names), "rows_true_cols_pred": confusion.tolist()},
     }
-
-
-def iou_sweep(cam: np.ndarray, mask: np.ndarray, thresholds=SWEEP_THRESHOLDS) -> list[float]:
-    """IoU at each threshold (exactly `iou(cam, mask, t)` for every t), sharing the masked values."""
-    inside = cam[mask]
-    mask_count = inside.size
-    values = []
-    for t in thresholds:
-        intersection = np.count_nonzero(inside >= t)
-        union = np.count_nonzero(cam >= t) + mask_count - intersection
-        values.append(float(intersection / union) if union else 0.0)
-    return values
 
 
 def lesion_size_bins(mask_areas: list[float]) -> tuple[float, float] | None:

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
+from sklearn.metrics import average_precision_score, balanced_accuracy_score, confusion_matrix, roc_auc_score
 
 from btxrd_cam.metrics import (
     bootstrap_ci,
@@ -9,7 +9,6 @@ from btxrd_cam.metrics import (
     dice,
     energy_pointing_game,
     iou,
-    iou_sweep,
     localization_metrics,
     otsu_threshold,
     pointing_game,
@@ -79,13 +78,23 @@ def test_constant_cam_everywhere():
     assert pxap(cam, mask) == pytest.approx(0.1)
 
 
-def test_sweep_equals_iou_at_each_threshold():
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("seed", range(6))
+def test_sorted_metrics_equal_the_reference_functions_and_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
     cam = rng.random((40, 30)).astype(np.float32)
-    cam[5, 5] = 0.5  # exactly on a threshold
+    if seed % 2:
+        cam = np.round(cam * 20) / 20  # many ties, values exactly on the thresholds
+    cam[5, 5] = np.float32(0.05)  # exactly on a threshold
     mask = rng.random((40, 30)) > 0.7
-    thresholds = [0.05, 0.1, 0.5, 0.95]
-    assert iou_sweep(cam, mask, thresholds) == [iou(cam, mask, t) for t in thresholds]
+    thresholds = tuple(round(0.05 * i, 2) for i in range(1, 20))
+    got = localization_metrics(cam, mask, 0.5, sweep=thresholds)
+    assert got["sweep"] == [iou(cam, mask, t) for t in thresholds]
+    assert got["iou"] == iou(cam, mask, 0.5) and got["dice"] == dice(cam, mask, 0.5)
+    assert got["pointing_game"] == pointing_game(cam, mask)
+    assert got["energy_pointing_game"] == pytest.approx(energy_pointing_game(cam, mask), abs=1e-12)
+    assert got["pxap"] == pytest.approx(average_precision_score(mask.ravel(), cam.ravel()), abs=1e-12)
+    assert got["pxap"] == pytest.approx(pxap(cam, mask), abs=1e-12)
+    assert got["cam_area"] == np.mean(cam >= 0.5) and got["mask_area"] == np.mean(mask)
 
 
 def test_otsu_separates_two_levels():
