@@ -45,12 +45,12 @@ Ckpt = Annotated[
         help="Checkpoint [default: $BTXRD_CAM_CKPT or checkpoints/best_stratified.pt].",
         rich_help_panel=MODEL,
     ),
-]  # noqa: E501
+]
 Arch = Annotated[str | None, typer.Option(help="timm architecture, for a bare state dict.", rich_help_panel=MODEL)]
 ClassNames = Annotated[
     str | None,
     typer.Option("--class-names", help="Comma-separated class names, for a bare state dict.", rich_help_panel=MODEL),
-]  # noqa: E501
+]
 TargetLayer = Annotated[
     str | None,
     typer.Option(
@@ -58,13 +58,13 @@ TargetLayer = Annotated[
         help="Layer to explain [default: found automatically, e.g. bn2].",
         rich_help_panel=MODEL,
     ),
-]  # noqa: E501
+]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=MODEL)]
 BatchSize = Annotated[str, typer.Option("--batch-size", metavar="INT", help="Images per batch.", rich_help_panel=MODEL)]
 Workers = Annotated[
     str | None,
     typer.Option(metavar="INT", help="Threads decoding images [default: min(4, cores)].", rich_help_panel=MODEL),
-]  # noqa: E501
+]
 Amp = Annotated[bool, typer.Option("--amp", help="Autocast (bf16/fp16) on CUDA.", rich_help_panel=MODEL)]
 Method = Annotated[
     str,
@@ -72,15 +72,15 @@ Method = Annotated[
         help="gradcam, hirescam, gradcam++, xgradcam, layercam, eigencam, eigengradcam, scorecam, ablationcam.",
         rich_help_panel=MODEL,
     ),
-]  # noqa: E501
+]
 Target = Annotated[str, typer.Option(help="Class to explain: pred, true or a class name.", rich_help_panel=MODEL)]
 AugSmooth = Annotated[
     bool,
     typer.Option("--aug-smooth", help="Test-time augmentation smoothing (6 passes).", rich_help_panel=MODEL),
-]  # noqa: E501
+]
 EigenSmooth = Annotated[
     bool, typer.Option("--eigen-smooth", help="First principal component smoothing.", rich_help_panel=MODEL)
-]  # noqa: E501
+]
 FastDecode = Annotated[
     bool,
     typer.Option(
@@ -88,27 +88,33 @@ FastDecode = Annotated[
         help="Decode JPEGs at a reduced DCT scale (faster, not exact).",
         rich_help_panel=MODEL,
     ),
-]  # noqa: E501
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, tables or warnings on stderr.")]
 DataRoot = Annotated[
     Path,
     typer.Option("--data-root", help="BTXRD data root (images/, Annotations/, dataset.csv).", rich_help_panel=DATA),
-]  # noqa: E501
+]
 SplitsDir = Annotated[
     Path,
     typer.Option("--splits-dir", help="Directory of <split>_<subset>.csv manifests.", rich_help_panel=DATA),
-]  # noqa: E501
+]
 Split = Annotated[
     str | None,
     typer.Option(
         help="stratified, center or a manifest CSV [default: from the checkpoint name].", rich_help_panel=DATA
     ),
-]  # noqa: E501
+]
 Subset = Annotated[str, typer.Option(help="train, val or test.", rich_help_panel=DATA)]
 Out = Annotated[Path, typer.Option("--out", "-O", help="Output directory.")]
 
 
-def _model_values(**values) -> dict:
+def _values(params: dict) -> dict:
+    """A command's parameters as settings fields (`fmt` is `format`; no --ckpt means the default checkpoint)."""
+    values = dict(params)
+    if "fmt" in values:
+        values["format"] = values.pop("fmt")
+    if "inputs" in values:
+        values["inputs"] = values["inputs"] or []
     values["ckpt"] = values.get("ckpt") or default_checkpoint()
     return values
 
@@ -141,7 +147,7 @@ def _version(value: bool) -> None:
 def root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
-    ] = False,  # noqa: E501
+    ] = False,
 ) -> None:
     """Explain a BTXRD bone-tumour radiograph classifier with class-activation maps."""
 
@@ -150,9 +156,9 @@ def root(
 def infer(
     inputs: Annotated[
         list[str] | None, typer.Argument(help="Images, directories or globs [default: the split].")
-    ] = None,  # noqa: E501
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="jsonl, json or csv.")] = "jsonl",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write records here instead of stdout.")] = None,  # noqa: E501
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write records here instead of stdout.")] = None,
     metrics: Annotated[Path | None, typer.Option(help="Write the metrics summary (JSON) here.")] = None,
     ckpt: Ckpt = None,
     arch: Arch = None,
@@ -169,27 +175,9 @@ def infer(
     quiet: Quiet = False,
 ) -> None:
     """Batch predictions and metrics for a split or for images (JSONL on stdout)."""
+    values = _values(locals())
     from btxrd_cam.infer import run_infer
 
-    values = _model_values(
-        inputs=inputs or [],
-        format=fmt,
-        output=output,
-        metrics=metrics,
-        ckpt=ckpt,
-        arch=arch,
-        class_names=class_names,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-        amp=amp,
-        fast_decode=fast_decode,
-        data_root=data_root,
-        splits_dir=splits_dir,
-        split=split,
-        subset=subset,
-        quiet=quiet,
-    )
     _run(InferSettings, values, lambda s: int(run_infer(s).failed > 0))
 
 
@@ -200,7 +188,7 @@ def explain_image(
     alpha: Annotated[str, typer.Option(metavar="FLOAT", help="Heatmap opacity in (0, 1).")] = "0.4",
     save_heatmap: Annotated[
         bool, typer.Option("--save-heatmap", help="Also write <stem>_cam.npy (model resolution).")
-    ] = False,  # noqa: E501
+    ] = False,
     annotation: Annotated[Path | None, typer.Option(help="LabelMe JSON to outline and score against.")] = None,
     threshold: Annotated[str, typer.Option(metavar="FLOAT", help="CAM threshold for IoU in (0, 1).")] = "0.5",
     ckpt: Ckpt = None,
@@ -219,30 +207,9 @@ def explain_image(
     quiet: Quiet = False,
 ) -> None:
     """A heatmap overlay and prediction for any radiograph (JSONL on stdout)."""
+    values = _values(locals())
     from btxrd_cam.explain import run_explain
 
-    values = _model_values(
-        inputs=inputs,
-        out=out,
-        alpha=alpha,
-        save_heatmap=save_heatmap,
-        annotation=annotation,
-        threshold=threshold,
-        ckpt=ckpt,
-        arch=arch,
-        class_names=class_names,
-        target_layer=target_layer,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-        amp=amp,
-        method=method,
-        target=target,
-        aug_smooth=aug_smooth,
-        eigen_smooth=eigen_smooth,
-        fast_decode=fast_decode,
-        quiet=quiet,
-    )
     _run(ExplainSettings, values, lambda s: int(run_explain(s).failed > 0))
 
 
@@ -271,31 +238,8 @@ def gallery(
     quiet: Quiet = False,
 ) -> None:
     """Per-class grids of true-positive / false-positive / false-negative Grad-CAM examples."""
+    values = _values(locals())
     from btxrd_cam.gallery import run_gallery
-
-    values = _model_values(
-        k=k,
-        format=fmt,
-        out=out,
-        ckpt=ckpt,
-        arch=arch,
-        class_names=class_names,
-        target_layer=target_layer,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-        amp=amp,
-        method=method,
-        target=target,
-        aug_smooth=aug_smooth,
-        eigen_smooth=eigen_smooth,
-        fast_decode=fast_decode,
-        data_root=data_root,
-        splits_dir=splits_dir,
-        split=split,
-        subset=subset,
-        quiet=quiet,
-    )
 
     def action(settings):
         outcome = run_gallery(settings)
@@ -309,7 +253,7 @@ def gallery(
 def annotate_iou(
     threshold: Annotated[
         str, typer.Option(help="A number in (0, 1), otsu, or tune (picked on the val subset).")
-    ] = "0.5",  # noqa: E501
+    ] = "0.5",
     select: Annotated[str, typer.Option(help="all, or correct (correctly classified only).")] = "all",
     top: Annotated[str, typer.Option(metavar="INT", help="Rows of the comparison figure.")] = "5",
     resolution: Annotated[str, typer.Option(help="original (default) or model (upstream's way).")] = "original",
@@ -334,33 +278,8 @@ def annotate_iou(
     quiet: Quiet = False,
 ) -> None:
     """How well the heatmaps agree with the LabelMe tumour outlines (JSON report on stdout)."""
+    values = _values(locals())
     from btxrd_cam.annotate import run_annotate
-
-    values = _model_values(
-        threshold=threshold,
-        select=select,
-        top=top,
-        resolution=resolution,
-        out=out,
-        ckpt=ckpt,
-        arch=arch,
-        class_names=class_names,
-        target_layer=target_layer,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-        amp=amp,
-        method=method,
-        target=target,
-        aug_smooth=aug_smooth,
-        eigen_smooth=eigen_smooth,
-        fast_decode=fast_decode,
-        data_root=data_root,
-        splits_dir=splits_dir,
-        split=split,
-        subset=subset,
-        quiet=quiet,
-    )
 
     def action(settings):
         outcome = run_annotate(settings)

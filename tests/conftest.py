@@ -15,6 +15,7 @@ from torch import nn
 from btxrd_cam.checkpoint import save_upstream_checkpoint
 from btxrd_cam.data import DEFAULT_CLASS_NAMES
 from btxrd_cam.demo import write_dataset
+from btxrd_cam.settings import build_settings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 LABELME_SAMPLES = SHARED / "labelme-samples"
@@ -74,6 +75,20 @@ def labelme_samples() -> Path:
     if not LABELME_SAMPLES.is_dir():
         pytest.fail(f"shared LabelMe samples missing at {LABELME_SAMPLES}")
     return LABELME_SAMPLES
+
+
+def project_settings(model, project: Path, **extra):
+    """Settings of `model` for a project made by the fixtures (output under project/out, no threads)."""
+    values = dict(
+        ckpt=project / "checkpoints/best_stratified.pt",
+        data_root=project / "data_raw",
+        splits_dir=project / "data/splits",
+        quiet=True,
+        workers=0,
+    )
+    if "out" in model.model_fields:
+        values["out"] = project / "out"
+    return build_settings(model, **{**values, **extra})
 
 
 def write_labelme(path: Path, shapes: list[dict], height: int, width: int) -> Path:

@@ -7,6 +7,7 @@ from btxrd_cam.errors import UsageError
 from btxrd_cam.explain import run_explain
 from btxrd_cam.metrics import SWEEP_THRESHOLDS
 from btxrd_cam.settings import AnnotateSettings, ExplainSettings, build_settings
+from tests.conftest import project_settings
 
 RECORD_KEYS = {
     "image_id",
@@ -26,16 +27,7 @@ RECORD_KEYS = {
 
 
 def _settings(project, **extra):
-    values = dict(
-        ckpt=project / "checkpoints/best_stratified.pt",
-        data_root=project / "data_raw",
-        splits_dir=project / "data/splits",
-        out=project / "out",
-        quiet=True,
-        workers=0,
-    )
-    values.update(extra)
-    return build_settings(AnnotateSettings, **values)
+    return project_settings(AnnotateSettings, project, **extra)
 
 
 def _annotated_ids(project, subset="test"):

@@ -6,7 +6,8 @@ from PIL import Image
 
 from btxrd_cam.errors import UsageError
 from btxrd_cam.gallery import run_gallery, select_examples
-from btxrd_cam.settings import GallerySettings, build_settings
+from btxrd_cam.settings import GallerySettings
+from tests.conftest import project_settings
 
 
 def test_selection_rules_with_ties_and_short_categories():
@@ -42,15 +43,7 @@ def test_false_negatives_are_sorted_worst_first():
 
 
 def _settings(project, **extra):
-    values = dict(
-        ckpt=project / "checkpoints/best_stratified.pt",
-        data_root=project / "data_raw",
-        splits_dir=project / "data/splits",
-        out=project / "out",
-        quiet=True,
-        workers=0,
-    )
-    return build_settings(GallerySettings, **{**values, **extra})
+    return project_settings(GallerySettings, project, **extra)
 
 
 def test_gallery_on_a_demo_split_draws_each_class_and_matches_its_selection(tiny_project):

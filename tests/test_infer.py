@@ -11,19 +11,12 @@ from btxrd_cam.data import load_image, preprocess, read_manifest
 from btxrd_cam.infer import run_infer
 from btxrd_cam.metrics import classification_metrics
 from btxrd_cam.reports import clean
-from btxrd_cam.settings import InferSettings, build_settings
+from btxrd_cam.settings import InferSettings
+from tests.conftest import project_settings
 
 
 def _settings(project, **extra):
-    values = dict(
-        ckpt=project / "checkpoints/best_stratified.pt",
-        data_root=project / "data_raw",
-        splits_dir=project / "data/splits",
-        quiet=True,
-        workers=0,
-    )
-    values.update(extra)
-    return build_settings(InferSettings, **values)
+    return project_settings(InferSettings, project, **extra)
 
 
 def test_split_predictions_and_metrics_reproduce_a_direct_computation(tiny_project, capsys):
