@@ -37,18 +37,7 @@ def machine_kind() -> str:
 
 def median_time(fn, repeats: int = 7, warmup: int = 2, sync: bool = False) -> float:
     """Median wall time of fn() over `repeats` runs after `warmup` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if sync:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if sync:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return interleaved_medians({"fn": fn}, repeats, warmup, sync)["fn"]
 
 
 def interleaved_medians(candidates: dict, repeats: int = 7, warmup: int = 3, sync: bool = False) -> dict:
