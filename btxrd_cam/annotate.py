@@ -211,12 +211,7 @@ def run_annotate(settings: AnnotateSettings) -> AnnotateOutcome:
     settings.out.mkdir(parents=True, exist_ok=True)
     tuned = tune_threshold(engine, settings) if settings.threshold == "tune" else None
     threshold = tuned["value"] if tuned else settings.threshold
-    annotated = _annotated(items)
-    if not annotated:
-        warn(
-            f"no annotated image in the {settings.split}/{settings.subset} split: nothing to score",
-            settings.quiet,
-        )
+    annotated = _annotated(items)  # none: an empty but valid report, and `empty` for the caller's exit code
     scored = score_items(engine, annotated, settings, threshold, "scoring")
     failed = [s.record for s in scored if s.record["error"] is not None]
     evaluated = [s for s in scored if s.record["error"] is None and _selected(s.record, settings.select)]

@@ -137,6 +137,13 @@ def _run(settings_type, values: dict, action: Callable) -> None:
     raise typer.Exit(code)
 
 
+def _exit_code(failed: int, what: str = "image(s)") -> int:
+    """1 when some inputs failed; says so on stderr whatever the terminal (the reason for the exit code)."""
+    if failed:
+        typer.echo(f"btxrd-cam: {failed} {what} failed; each is listed with its reason in the output", err=True)
+    return int(failed > 0)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"btxrd-cam {__version__}")
@@ -178,7 +185,7 @@ def infer(
     values = _values(locals())
     from btxrd_cam.infer import run_infer
 
-    _run(InferSettings, values, lambda s: int(run_infer(s).failed > 0))
+    _run(InferSettings, values, lambda s: _exit_code(run_infer(s).failed))
 
 
 @app.command("explain-image")
@@ -210,7 +217,7 @@ def explain_image(
     values = _values(locals())
     from btxrd_cam.explain import run_explain
 
-    _run(ExplainSettings, values, lambda s: int(run_explain(s).failed > 0))
+    _run(ExplainSettings, values, lambda s: _exit_code(run_explain(s).failed))
 
 
 @app.command()
@@ -244,7 +251,7 @@ def gallery(
     def action(settings):
         outcome = run_gallery(settings)
         sys.stdout.write(outcome.text)
-        return int(outcome.failed > 0)
+        return _exit_code(outcome.failed)
 
     _run(GallerySettings, values, action)
 
@@ -284,7 +291,10 @@ def annotate_iou(
     def action(settings):
         outcome = run_annotate(settings)
         sys.stdout.write(outcome.text)
-        return int(outcome.failed > 0 or outcome.empty)
+        if outcome.empty:
+            typer.echo("btxrd-cam: no annotated image in this split: nothing to score (empty report written)", err=True)
+            return 1
+        return _exit_code(outcome.failed, "image(s) or annotation(s)")
 
     _run(AnnotateSettings, values, action)
 

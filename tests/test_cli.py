@@ -72,6 +72,15 @@ def test_infer_jsonl_parses_line_by_line_and_failures_exit_1(tiny_project):
     image = next((tiny_project / "data_raw/images").iterdir())
     result = invoke(["infer", str(image), "does-not-exist.png", "--format", "json"], cwd=tiny_project)
     assert result.exit_code == 1 and [r["error"] is None for r in json.loads(result.stdout)] == [False, True]
+    assert result.stderr == "btxrd-cam: 1 image(s) failed; each is listed with its reason in the output\n"
+
+
+def test_no_annotated_image_exits_1_with_a_message_and_an_empty_report(tiny_project):
+    path = tiny_project / "data/splits/stratified_test.csv"
+    path.write_text("\n".join(r for r in path.read_text().splitlines() if not r.endswith(("Benign", "Malignant"))))
+    result = invoke(["annotate-iou", "-q"], cwd=tiny_project)
+    assert result.exit_code == 1 and "no annotated image" in result.stderr
+    assert json.loads(result.stdout)["records"] == []
 
 
 def test_missing_checkpoint_says_how_to_get_one(tmp_path, monkeypatch):
