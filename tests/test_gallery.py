@@ -98,3 +98,21 @@ def test_absent_class_and_large_k_give_empty_cells_not_errors(tiny_project):
     malignant = outcome.report["classes"]["Malignant"]
     assert malignant["counts"]["TP"] == 0 and malignant["counts"]["FN"] == 0
     assert (tiny_project / "out" / "gallery_Malignant.jpg").is_file()
+
+
+def test_gallery_selection_matches_one_recomputed_from_infer_output(tiny_project, capsys):
+    from btxrd_cam.infer import run_infer
+    from btxrd_cam.settings import InferSettings
+
+    report = run_gallery(_settings(tiny_project, k=2, subset="train")).report
+    capsys.readouterr()
+    records = run_infer(project_settings(InferSettings, tiny_project, subset="train")).records
+    names = ["Normal", "Benign", "Malignant"]
+    labels = np.array([names.index(r["label"]) for r in records])
+    probs = np.array([[r["probs"][n] for n in names] for r in records])
+    ids = [r["image_id"] for r in records]
+    for c, name in enumerate(names):
+        chosen, counts = select_examples(labels, probs.argmax(1), probs, ids, c, 2)
+        assert report["classes"][name]["counts"] == counts
+        for category, indices in chosen.items():
+            assert [e["image_id"] for e in report["classes"][name]["selected"][category]] == [ids[i] for i in indices]
