@@ -7,6 +7,7 @@ Not for: running the model (engine.py).
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -46,14 +47,6 @@ class Checkpoint:
         return self.model.get_submodule(self.target_layer_name)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _first_reason(exc: Exception) -> str:
     """The line of torch's message that names the cause (it leads with advice about weights_only)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -63,17 +56,21 @@ def _first_reason(exc: Exception) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _looks_like_pickle(path: Path) -> bool:
-    with Path(path).open("rb") as f:
-        head = f.read(4)
+def _looks_like_pickle(head: bytes) -> bool:
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # torch.save zip, or a raw pickle
 
 
-def _safe_load(path: Path) -> object:
+def _safe_load(path: Path) -> tuple[object, str]:
+    """The checkpoint's contents (weights_only=True) and its sha256, from one read of the file."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from None
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), digest
     except pickle.UnpicklingError as exc:
-        if not _looks_like_pickle(path):  # not a checkpoint at all
+        if not _looks_like_pickle(data[:4]):  # not a checkpoint at all
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_reason(exc)})") from None
         raise CheckpointError(
             f"{path}: refused — this checkpoint needs arbitrary unpickling, which can run code; btxrd-cam loads "
@@ -188,7 +185,7 @@ def load_checkpoint(
     `class_names`. Raises CheckpointError with the reason for anything else.
     """
     path = Path(path)
-    raw = _safe_load(path)
+    raw, digest = _safe_load(path)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a dict (upstream format or a state dict), got {type(raw).__name__}")
     metadata: dict = {}
@@ -253,7 +250,7 @@ def load_checkpoint(
         std=std,
         target_layer_name=layer_name,
         path=path,
-        sha256=sha256_of(path),
+        sha256=digest,
         metadata=metadata,
     )
 
