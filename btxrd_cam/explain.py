@@ -25,21 +25,17 @@ class ExplainOutcome:
     failed: int
 
 
+def _blank_record(image_id: str, path: str, method: str, error: str | None) -> dict:
+    """Every explain-image record has the same keys, failed or not."""
+    return {
+        "image_id": image_id, "path": path, "pred": None, "confidence": None, "probs": None, "target": None,
+        "method": method, "overlay": None, "heatmap": None, "metrics": None, "error": error,
+    }  # fmt: skip
+
+
 def _record(result: Explanation, engine: Engine, settings: ExplainSettings) -> dict:
     names = engine.class_names
-    record = {
-        "image_id": result.item.image_id,
-        "path": str(result.item.path),
-        "pred": None,
-        "confidence": None,
-        "probs": None,
-        "target": None,
-        "method": settings.method,
-        "overlay": None,
-        "heatmap": None,
-        "metrics": None,
-        "error": result.error,
-    }
+    record = _blank_record(result.item.image_id, str(result.item.path), settings.method, result.error)
     if not result.ok:
         return record
     record.update(
@@ -84,7 +80,7 @@ def run_explain(settings: ExplainSettings) -> ExplainOutcome:
     engine = open_engine(settings)
     items, failures = find_images(settings.inputs)
     settings.out.mkdir(parents=True, exist_ok=True)
-    records = [{"image_id": text, "path": text, "error": reason} for text, reason in failures]
+    records = [_blank_record(text, text, settings.method, reason) for text, reason in failures]
     for record in records:
         emit(to_json(record, indent=None), None)
 

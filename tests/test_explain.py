@@ -118,3 +118,9 @@ def test_fast_decode_overlay_is_still_at_the_original_size(tiny_ckpt, tmp_path):
     cv2.imwrite(str(tmp_path / "big.jpg"), np.random.default_rng(2).integers(0, 255, (700, 900), dtype=np.uint8))
     (record,) = run_explain(_settings(tiny_ckpt, [tmp_path / "big.jpg"], tmp_path / "out", fast_decode=True)).records
     assert record["error"] is None and Image.open(record["overlay"]).width == 900
+
+
+def test_every_record_has_the_same_keys(tiny_ckpt, tmp_path):
+    cv2.imwrite(str(tmp_path / "ok.png"), np.full((30, 30), 90, np.uint8))
+    records = run_explain(_settings(tiny_ckpt, [tmp_path / "ok.png", tmp_path / "missing.png"], tmp_path)).records
+    assert records[0].keys() == records[1].keys() and records[0]["error"] == "no such file or directory"
