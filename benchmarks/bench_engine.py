@@ -16,7 +16,8 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from btxrd_cam.checkpoint import Checkpoint
-from btxrd_cam.engine import Engine, upsample_cam
+from btxrd_cam.engine import Engine
+from btxrd_cam.maps import upsample_cam
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +18,7 @@ from torch import nn
 
 from btxrd_cam.data import DEFAULT_CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
 from btxrd_cam.errors import CheckpointError
-
-TRUNK_CONTAINERS = ("features", "stages")
+from btxrd_cam.layers import describe_names, get_layer, resolve_target_layer
 
 
 @dataclass
@@ -99,79 +97,6 @@ def _create_model(arch: str, num_classes: int, attn_layer: str | None) -> nn.Mod
         raise CheckpointError(f"--arch: {exc}") from None
 
 
-def _describe(keys: list[str], limit: int = 5) -> str:
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
-def _parse_layer_name(name: str) -> str:
-    """`stages[-1]` → `stages.-1`; dotted names pass through."""
-    return re.sub(r"\[(-?\d+)\]", r".\1", name).strip(".")
-
-
-def get_layer(model: nn.Module, name: str) -> tuple[str, nn.Module]:
-    """Resolve a layer name (dotted, `[i]` indices allowed, negative too) to its canonical name and module."""
-    parts, module, canonical = _parse_layer_name(name).split("."), model, []
-    for part in parts:
-        children = dict(module.named_children())
-        if part.lstrip("-").isdigit() and part.startswith("-") and children:
-            part = list(children)[int(part)] if -len(children) <= int(part) else part
-        if part not in children:
-            raise CheckpointError(
-                f"--target-layer: {name!r} is not a layer of this model (at {part!r}; children: "
-                f"{_describe(list(children))})"
-            )
-        module, canonical = children[part], [*canonical, part]
-    return ".".join(canonical), module
-
-
-def resolve_target_layer(model: nn.Module, image_size: int = 224) -> str:
-    """Name of the module whose output is the final 4-D feature map, the one global pooling reads.
-
-    Found by one dummy forward: the feature map is what `forward_features` returns (timm), else the last 4-D
-    output with more than one pixel. The outermost module producing that very tensor wins (EfficientNet `bn2`,
-    ResNet `layer4`), descending into whole-trunk containers (`features`, `stages`) to their last child
-    (DenseNet `features.norm5`, ConvNeXt `stages.3`). Pass-through modules (Identity) never count.
-    """
-    outputs: list[tuple[str, torch.Tensor]] = []
-    handles = []
-
-    def hook_for(name):
-        def hook(module, inputs, output):
-            passthrough = bool(inputs) and output is inputs[0]
-            if isinstance(output, torch.Tensor) and output.ndim == 4 and not passthrough:
-                outputs.append((name, output))
-
-        return hook
-
-    for name, module in model.named_modules():
-        if name:
-            handles.append(module.register_forward_hook(hook_for(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            x = torch.zeros(1, 3, image_size, image_size)
-            if hasattr(model, "forward_features"):
-                features = model.forward_features(x)
-            else:
-                model(x)
-                features = next(o for _, o in reversed(outputs) if o.shape[-1] * o.shape[-2] > 1)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    producers = [name for name, output in outputs if output is features]
-    if not producers:
-        raise CheckpointError("could not find the feature-map layer of this model; pass --target-layer NAME")
-    outermost = min(producers, key=lambda n: (n.count("."), -producers.index(n)))
-    if outermost in TRUNK_CONTAINERS:
-        children = [n for n in producers if n.startswith(outermost + ".") and n.count(".") == 1]
-        if children:
-            outermost = children[-1]
-    return outermost
-
-
 def load_checkpoint(
     path: Path,
     arch: str | None = None,
@@ -232,11 +157,11 @@ def load_checkpoint(
     if missing or unexpected or shape_errors:
         problems = []
         if missing:
-            problems.append(f"missing keys: {_describe(missing)}")
+            problems.append(f"missing keys: {describe_names(missing)}")
         if unexpected:
-            problems.append(f"unexpected keys: {_describe(unexpected)}")
+            problems.append(f"unexpected keys: {describe_names(unexpected)}")
         if shape_errors:
-            problems.append(f"shape mismatch: {_describe(shape_errors)}")
+            problems.append(f"shape mismatch: {describe_names(shape_errors)}")
         raise CheckpointError(f"{path}: weights do not fit {arch} — " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
     model.eval()

@@ -17,7 +17,9 @@ import typer
 from btxrd_cam import __version__
 from btxrd_cam.errors import BtxrdCamError, UsageError
 from btxrd_cam.settings import (
+    SINGLE_PASS_METHODS,
     AnnotateSettings,
+    CompareSettings,
     DemoSettings,
     ExplainSettings,
     GallerySettings,
@@ -183,7 +185,7 @@ def infer(
 ) -> None:
     """Batch predictions and metrics for a split or for images (JSONL on stdout)."""
     values = _values(locals())
-    from btxrd_cam.infer import run_infer
+    from btxrd_cam.commands.infer import run_infer
 
     _run(InferSettings, values, lambda s: _exit_code(run_infer(s).failed))
 
@@ -215,7 +217,7 @@ def explain_image(
 ) -> None:
     """A heatmap overlay and prediction for any radiograph (JSONL on stdout)."""
     values = _values(locals())
-    from btxrd_cam.explain import run_explain
+    from btxrd_cam.commands.explain import run_explain
 
     _run(ExplainSettings, values, lambda s: _exit_code(run_explain(s).failed))
 
@@ -246,7 +248,7 @@ def gallery(
 ) -> None:
     """Per-class grids of true-positive / false-positive / false-negative Grad-CAM examples."""
     values = _values(locals())
-    from btxrd_cam.gallery import run_gallery
+    from btxrd_cam.commands.gallery import run_gallery
 
     def action(settings):
         outcome = run_gallery(settings)
@@ -286,7 +288,7 @@ def annotate_iou(
 ) -> None:
     """How well the heatmaps agree with the LabelMe tumour outlines (JSON report on stdout)."""
     values = _values(locals())
-    from btxrd_cam.annotate import run_annotate
+    from btxrd_cam.commands.annotate import run_annotate
 
     def action(settings):
         outcome = run_annotate(settings)
@@ -300,6 +302,64 @@ def annotate_iou(
 
 
 @app.command()
+def compare(
+    methods: Annotated[
+        str,
+        typer.Option(help="Comma-separated CAM methods, or all [default: the 7 single-pass gradient methods]."),
+    ] = ",".join(SINGLE_PASS_METHODS),
+    layers: Annotated[
+        str, typer.Option(help="Comma-separated layers, or auto (the target layer and the 3 stages before it).")
+    ] = "auto",
+    baselines: Annotated[str, typer.Option(help="uniform, centre, edges (comma-separated), all or none.")] = "all",
+    reference: Annotated[
+        str | None,
+        typer.Option(help="Configuration the others are compared with [default: gradcam at the target layer]."),
+    ] = None,
+    threshold: Annotated[
+        str, typer.Option(help="A number in (0, 1), otsu, or tune (each configuration's own, picked on val).")
+    ] = "0.5",
+    select: Annotated[str, typer.Option(help="all, or correct (correctly classified only).")] = "all",
+    resolution: Annotated[str, typer.Option(help="Scoring size: a long side in pixels, original or model.")] = "512",
+    rank_by: Annotated[
+        str, typer.Option("--rank-by", help="pxap, iou, dice, pointing_game or energy_pointing_game.")
+    ] = "pxap",
+    top: Annotated[str, typer.Option(metavar="INT", help="Images in the example grid.")] = "4",
+    out: Out = Path("results/gradcam"),
+    ckpt: Ckpt = None,
+    arch: Arch = None,
+    class_names: ClassNames = None,
+    target_layer: TargetLayer = None,
+    device: Device = "auto",
+    batch_size: BatchSize = "16",
+    workers: Workers = None,
+    amp: Amp = False,
+    target: Target = "pred",
+    aug_smooth: AugSmooth = False,
+    fast_decode: FastDecode = False,
+    data_root: DataRoot = Path("data_raw"),
+    splits_dir: SplitsDir = Path("data/splits"),
+    split: Split = None,
+    subset: Subset = "test",
+    quiet: Quiet = False,
+) -> None:
+    """Every CAM method x layer, and chance baselines, against the annotations in one pass (JSON on stdout)."""
+    values = _values(locals())
+    from btxrd_cam.commands.compare import run_compare
+
+    def action(settings):
+        outcome = run_compare(settings)
+        sys.stdout.write(outcome.text)
+        if outcome.empty:
+            typer.echo(
+                "btxrd-cam: no annotated image in this split: nothing to compare (empty report written)", err=True
+            )
+            return 1
+        return _exit_code(outcome.failed, "image(s) or annotation(s)")
+
+    _run(CompareSettings, values, action)
+
+
+@app.command()
 def demo(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the demo project into.")],
     seed: Annotated[str, typer.Option(metavar="INT", help="Random seed.")] = "0",
@@ -310,7 +370,7 @@ def demo(
     quiet: Quiet = False,
 ) -> None:
     """Write a synthetic BTXRD-layout project with a trained checkpoint (then `cd OUT_DIR && btxrd-cam gallery`)."""
-    from btxrd_cam.demo import make_demo
+    from btxrd_cam.commands.demo import make_demo
 
     def action(settings):
         summary = make_demo(

@@ -82,3 +82,49 @@ def summary_table(title: str, summary: dict, metrics: tuple[str, ...]):
             *(_fmt(row.get(k)) for k in ("mean", "median", "iqr", "min", "max")),
         )
     return table
+
+
+def _interval(cell: dict) -> str:
+    if cell.get("mean") is None:
+        return "—"
+    ci = cell.get("ci95")
+    return f"{cell['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def comparison_table(report: dict, rank_by: str):
+    """compare's ranking as a rich table: means (the ranking metric with its CI), × chance, and the paired
+    difference to the reference with its CI."""
+    from rich.table import Table
+
+    reference = report["reference"]
+    table = Table(
+        title=f"CAM configurations vs annotations ({report['evaluated']} images), ranked by {rank_by}",
+        caption=f"Δ: paired difference to the reference {reference}, 95% CI; * the CI excludes 0. "
+        "EPG: energy pointing game; ×: EPG as a multiple of chance (the uniform map's).",
+    )
+    columns = ("#", "configuration", "IoU", "PG", "EPG", "×", f"{rank_by} [95% CI]", f"Δ {rank_by} [95% CI]")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "configuration" else "right", no_wrap=True)
+    baselines = {c["name"] for c in report["configurations"] if c["method"] is None}
+    for position, name in enumerate(report["ranking"], start=1):
+        row = report["summary"][name]
+        paired = report["paired"].get(name, {}).get(rank_by)
+        if name == reference:
+            delta = "reference"
+        elif paired and paired["difference"] is not None:
+            delta = f"{paired['difference']:+.3f} [{paired['ci95'][0]:+.3f}, {paired['ci95'][1]:+.3f}]"
+            delta += " *" if paired["excludes_zero"] else "  "
+        else:
+            delta = "—"
+        table.add_row(
+            str(position),
+            name,
+            _fmt(row["iou"]["mean"]),
+            _fmt(row["pointing_game"]["mean"]),
+            _fmt(row["energy_pointing_game"]["mean"]),
+            _fmt(row["energy_pointing_game"].get("x_chance")),
+            _interval(row[rank_by]),
+            delta,
+            style="dim" if name in baselines else "bold" if name == reference else None,
+        )
+    return table

@@ -325,19 +325,29 @@ def load_image(
     return np.ascontiguousarray(pixels), (height, width)
 
 
-def preprocess(pixels: np.ndarray, image_size: int, mean, std) -> np.ndarray:
-    """The upstream test transform: INTER_LINEAR resize to a square, /255, normalise.
+def resize_for_model(pixels: np.ndarray, image_size: int) -> np.ndarray:
+    """The upstream test transform's resize: INTER_LINEAR to a square. uint8 [H, W(, 3)] → uint8 [S, S(, 3)]."""
+    return cv2.resize(pixels, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
 
-    pixels: uint8 [H, W, 3] or [H, W] (replicated to 3 channels after the resize, which is exact).
-    Returns float32 [3, image_size, image_size].
-    """
-    resized = cv2.resize(pixels, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+
+def normalize_pixels(resized: np.ndarray, mean, std) -> np.ndarray:
+    """The rest of the upstream test transform: /255, normalise. uint8 [S, S] (grey, replicated to 3 channels,
+    which is exact) or [S, S, 3] → float32 [3, S, S]."""
     if resized.ndim == 2:
         resized = resized[:, :, None]
     scaled = resized.astype(np.float32) / np.float32(255.0)
     # a single grey channel broadcasts against the 3-channel mean/std: the replication is free
     normalized = (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(normalized.transpose(2, 0, 1))
+
+
+def preprocess(pixels: np.ndarray, image_size: int, mean, std) -> np.ndarray:
+    """The upstream test transform: INTER_LINEAR resize to a square, /255, normalise.
+
+    pixels: uint8 [H, W, 3] or [H, W] (replicated to 3 channels after the resize, which is exact).
+    Returns float32 [3, image_size, image_size].
+    """
+    return normalize_pixels(resize_for_model(pixels, image_size), mean, std)
 
 
 def default_workers() -> int:

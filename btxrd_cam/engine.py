@@ -1,20 +1,22 @@
 """The one engine: streams images in batches through the model and yields predictions and CAMs per image.
 
-One forward pass gives both the prediction and the CAM. For the gradient methods the engine runs the whole
-network once with every parameter frozen, turns the target layer's output into a leaf that requires grad (a
-forward hook), and asks autograd for d(target score)/d(activations) only: nothing before the target layer is
-recorded and no parameter gradient is computed. The channel weighting itself is pytorch-grad-cam's own
-(`get_cam_image` of the method's class), so the maps equal the library's. Score-CAM, Ablation-CAM and
-`--aug-smooth` run through pytorch-grad-cam as it is.
+One forward pass gives the prediction and every CAM asked for. The engine explains a list of configurations
+(`METHOD@LAYER`; one by default: the checkpoint's target layer). For the single-pass gradient methods it hooks
+every chosen layer, turns the output of the earliest one into a leaf that requires grad (nothing before it is
+recorded, no parameter gradient is computed), takes one `autograd.grad` of the target scores with respect to all
+captured activations, and hands each method's weighting — pytorch-grad-cam's own `get_cam_image` — the
+activations and gradients of each layer, so the maps equal the library's. Score-CAM, Ablation-CAM and
+`--aug-smooth` run through pytorch-grad-cam as it is, once per layer. Nobody else registers hooks.
 
-Not for: choosing images (data.py), scoring (metrics.py) or drawing (render.py).
+Not for: choosing images (data.py), scoring (metrics.py), baselines and map operations (maps.py) or drawing
+(render.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -34,10 +36,12 @@ from pytorch_grad_cam import (
 )
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from threadpoolctl import threadpool_limits
 
 from btxrd_cam.checkpoint import Checkpoint
-from btxrd_cam.data import ImageItem, load_image, preprocess
+from btxrd_cam.data import ImageItem, load_image, normalize_pixels, resize_for_model
 from btxrd_cam.errors import InputError, UsageError
+from btxrd_cam.layers import get_layer, layer_grids
 
 METHODS = {
     "gradcam": GradCAM,
@@ -51,18 +55,32 @@ METHODS = {
     "ablationcam": AblationCAM,
 }
 # Methods whose map is a function of (activations, gradients) of one pass: served by the single-pass path.
-SINGLE_PASS = {"gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "eigencam", "eigengradcam"}
+SINGLE_PASS = ("gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "eigencam", "eigengradcam")
 GRADIENT_FREE = {"eigencam"}
+LIBRARY_PATH = ("scorecam", "ablationcam")
+
+
+@dataclass(frozen=True)
+class CamConfig:
+    """One explanation configuration: a CAM method at a layer, named `METHOD@LAYER` (e.g. `gradcam@bn2`)."""
+
+    method: str
+    layer: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}@{self.layer}"
 
 
 @dataclass
 class Explanation:
     """What the engine knows about one image after its pass.
 
-    logits, probs: float32 [C]; pred, target: class indices; cam: float32 [h, w] in [0, 1] — the raw map on the
-    feature grid (model resolution for the library-path methods); orig_size: (H, W) of the decoded original;
-    pixels: uint8 [H, W] or [H, W, 3], only when the caller asked to keep them.
-    A failed image has `error` and nothing else.
+    logits, probs: float32 [C]; pred, target: class indices; maps: {configuration name: float32 [h, w] in [0, 1]}
+    — the raw map on the layer's feature grid (model resolution for the library-path methods); cam: the first
+    configuration's map; model_pixels: uint8 [S, S] or [S, S, 3], the image as resized for the model (before
+    normalisation); orig_size: (H, W) of the decoded original; pixels: uint8 [H, W] or [H, W, 3], only when the
+    caller asked to keep them. A failed image has `error` and nothing else.
     """
 
     index: int
@@ -73,6 +91,8 @@ class Explanation:
     pred: int | None = None
     target: int | None = None
     cam: np.ndarray | None = None
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    model_pixels: np.ndarray | None = None
     pixels: np.ndarray | None = None
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
@@ -82,17 +102,18 @@ class Explanation:
         return self.error is None
 
 
-def upsample_cam(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Raw CAM → float32 [H, W] in [0, 1] at `size` = (H, W), exactly as pytorch-grad-cam scales its maps
-    (bilinear resize of the normalised map, clamp at 0, min–max normalise again)."""
-    height, width = size
-    grid = scale_cam_image(cam[None].astype(np.float32))[0]  # the library's normalisation, on the small grid
-    full = cv2.resize(grid, (width, height))  # bilinear, as scale_cam_image resizes
-    # the library's second normalisation, done in place: full-size maps are megapixels
-    np.maximum(full, 0, out=full)
-    full -= full.min()
-    full /= 1e-7 + full.max()
-    return full
+def eigen_projection(activations: np.ndarray) -> np.ndarray:
+    """pytorch-grad-cam's `get_2d_projection` (projection on the first principal component per image), with a
+    thin SVD: the first right singular vector is the same (LAPACK gesdd either way), 5-10x faster at bn2, where
+    the library's full SVD builds a 1280x1280 matrix it never uses. float [B, C, h, w] → float32 [B, h, w]."""
+    activations = np.where(np.isnan(activations), 0, activations)  # as the library does
+    projections = []
+    for per_image in activations:
+        flat = per_image.reshape(per_image.shape[0], -1).transpose()
+        flat = flat - flat.mean(axis=0)
+        _, _, vt = np.linalg.svd(flat, full_matrices=False)
+        projections.append((flat @ vt[0, :]).reshape(per_image.shape[1:]))
+    return np.float32(projections)
 
 
 @contextlib.contextmanager
@@ -124,12 +145,17 @@ def frozen_eval(model: torch.nn.Module):
 @dataclass
 class _Decoded:
     tensor: np.ndarray
+    model_pixels: np.ndarray
     orig_size: tuple[int, int]
     pixels: np.ndarray | None
 
 
 class Engine:
-    """Predictions and class-activation maps for a loaded checkpoint, on CPU or CUDA, in batches."""
+    """Predictions and class-activation maps for a loaded checkpoint, on CPU or CUDA, in batches.
+
+    configs: the configurations to explain (default: `method` at the checkpoint's target layer). Layers are
+    checked once, by a dummy forward, to output 4-D feature maps (`grids` holds each layer's (h, w)).
+    """
 
     def __init__(
         self,
@@ -142,25 +168,42 @@ class Engine:
         aug_smooth: bool = False,
         eigen_smooth: bool = False,
         fast_decode: bool = False,
+        configs: Sequence[CamConfig] | None = None,
+        layer_option: str = "--target-layer",
     ) -> None:
-        if method not in METHODS:
-            raise UsageError(f"--method: got {method}; must be one of {', '.join(METHODS)}")
+        configs = list(configs) if configs else [CamConfig(method, checkpoint.target_layer_name)]
+        for config in configs:
+            if config.method not in METHODS:
+                raise UsageError(f"--method: got {config.method}; must be one of {', '.join(METHODS)}")
         self.checkpoint = checkpoint
         self.device = torch.device(device)
         # channels-last convolutions are ~1.2x faster on CPU (oneDNN) and what tensor cores want on CUDA
         self.model = checkpoint.model.to(self.device, memory_format=torch.channels_last)
-        self.layer = checkpoint.target_layer
-        self.method = method
+        self.configs = configs
+        self.layers = {}
+        for config in configs:
+            if config.layer not in self.layers:
+                self.layers[config.layer] = get_layer(self.model, config.layer, layer_option)[1]
+        self.grids = layer_grids(self.model, list(self.layers), checkpoint.image_size, layer_option)
         self.batch_size = batch_size
         self.workers = workers
         self.amp = amp and self.device.type == "cuda"
         self.aug_smooth = aug_smooth
         self.eigen_smooth = eigen_smooth
         self.fast_decode = fast_decode
-        self.single_pass = method in SINGLE_PASS and not aug_smooth
-        # pytorch-grad-cam's method object, used only for its channel weighting (it hooks nothing here)
+        self.single_pass = [c for c in configs if c.method in SINGLE_PASS and not aug_smooth]
+        self.library_path = [c for c in configs if c not in self.single_pass]
+        # pytorch-grad-cam's method objects, used only for their channel weighting (they hook nothing here)
         with restored_mode(self.model):
-            self._weighting = METHODS[method](self.model, target_layers=[])
+            self._weightings = {c.method: METHODS[c.method](self.model, target_layers=[]) for c in self.single_pass}
+
+    @property
+    def method(self) -> str:
+        return self.configs[0].method
+
+    @property
+    def layer(self) -> torch.nn.Module:
+        return self.layers[self.configs[0].layer]
 
     @property
     def class_names(self) -> list[str]:
@@ -196,52 +239,90 @@ class Engine:
                 self.model.train(was_training)
 
     def explain_tensors(self, batch: torch.Tensor, targets: list[int | None]) -> tuple[torch.Tensor, np.ndarray]:
-        """Logits float32 [B, C] and CAMs float32 [B, h, w] in [0, 1] of one batch.
+        """Logits float32 [B, C] and the first configuration's CAMs float32 [B, h, w] in [0, 1] of one batch.
 
         targets: a class index per image, or None for "the class this very pass predicts".
         """
+        logits, maps = self.explain_all(batch, targets)
+        return logits, maps[self.configs[0].name]
+
+    def explain_all(self, batch: torch.Tensor, targets: list[int | None]) -> tuple[torch.Tensor, dict]:
+        """Logits float32 [B, C] and {configuration name: CAMs float32 [B, h, w] in [0, 1]} of one batch, from
+        one forward (plus pytorch-grad-cam's own passes for the library-path configurations)."""
         batch = self._to_device(batch)
-        if not self.single_pass:
-            return self._explain_with_library(batch, targets)
+        maps: dict[str, np.ndarray] = {}
+        if self.single_pass:
+            logits, chosen = self._single_pass(batch, targets, maps)
+        else:
+            logits = self.predict_tensors(batch)
+            chosen = self._resolve_targets(logits, targets)
+        for config in self.library_path:
+            maps[config.name] = self._explain_with_library(batch, chosen.tolist(), config)
+        return logits, {c.name: maps[c.name] for c in self.configs}
+
+    def _single_pass(self, batch, targets, maps):
+        """One forward with hooks on every chosen layer, one autograd.grad, each method's weighting per layer."""
+        need_grad = {c.layer for c in self.single_pass if c.method not in GRADIENT_FREE}
         captured: dict[str, torch.Tensor] = {}
-        gradient_free = self.method in GRADIENT_FREE
 
-        def make_leaf(module, inputs, output):
-            leaf = output.detach().requires_grad_(not gradient_free)
-            captured["activations"] = leaf
-            # a copy enters the graph, so layers after it may work in place
-            return leaf.clone() if not gradient_free else leaf
+        def hook_for(name):
+            def hook(module, inputs, output):
+                if name in captured or not isinstance(output, torch.Tensor):
+                    return None  # a module called twice keeps its first output
+                if not captured:  # the earliest chosen layer: a leaf, so nothing before it is recorded
+                    output = output.detach().requires_grad_(bool(need_grad))
+                captured[name] = output
+                return output.clone()  # a copy goes on, so later layers may work in place
 
-        handle = self.layer.register_forward_hook(make_leaf)
-        grad_mode = torch.no_grad() if gradient_free else torch.enable_grad()
+            return hook
+
+        layer_names = list(dict.fromkeys(c.layer for c in self.single_pass))
+        handles = [self.layers[name].register_forward_hook(hook_for(name)) for name in layer_names]
+        grad_mode = torch.enable_grad() if need_grad else torch.no_grad()
         try:
             with frozen_eval(self.model), grad_mode, self._autocast():
                 logits = self.model(batch)
                 chosen = self._resolve_targets(logits, targets)
-                activations = captured["activations"]
-                if gradient_free:
-                    grads = torch.zeros_like(activations)
-                else:
+                grads = {}
+                if need_grad:
+                    wanted = [name for name in layer_names if name in need_grad]
+                    leaf = next(iter(captured))
+                    for name in wanted:
+                        if not captured[name].requires_grad:
+                            raise UsageError(f"--layers: {name} does not depend on {leaf}; one pass cannot serve both")
                     score = logits.gather(1, chosen[:, None]).sum()
-                    (grads,) = torch.autograd.grad(score, activations)
+                    grads = dict(zip(wanted, torch.autograd.grad(score, [captured[n] for n in wanted]), strict=True))
         finally:
-            handle.remove()
-        acts_np = activations.detach().float().cpu().numpy()
-        grads_np = grads.detach().float().cpu().numpy()
+            for handle in handles:
+                handle.remove()
         cam_targets = [ClassifierOutputTarget(int(t)) for t in chosen.tolist()]
-        raw = self._weighting.get_cam_image(batch, self.layer, cam_targets, acts_np, grads_np, self.eigen_smooth)
-        cams = scale_cam_image(np.maximum(raw, 0))
-        return logits.detach().float(), cams.astype(np.float32)
+        with threadpool_limits(1, user_api="blas"):  # small matrices: threads cost more than they give
+            for name in layer_names:
+                acts = captured[name].detach().float().cpu().numpy()
+                layer_grads = grads[name].detach().float().cpu().numpy() if name in grads else np.zeros_like(acts)
+                for config in (c for c in self.single_pass if c.layer == name):
+                    raw = self._cam_image(config, batch, cam_targets, acts, layer_grads)
+                    maps[config.name] = scale_cam_image(np.maximum(raw, 0)).astype(np.float32)
+        return logits.detach().float(), chosen
+
+    def _cam_image(self, config: CamConfig, batch, cam_targets, acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        """The method's raw map on the layer's grid: pytorch-grad-cam's `get_cam_image`, except that the
+        principal-component projection of the Eigen methods uses a thin SVD (same result, see eigen_projection)."""
+        if config.method == "eigencam":
+            return eigen_projection(acts)
+        if config.method == "eigengradcam":
+            return eigen_projection(grads * acts)
+        weighting = self._weightings[config.method]
+        return weighting.get_cam_image(batch, self.layers[config.layer], cam_targets, acts, grads, self.eigen_smooth)
 
     def _resolve_targets(self, logits: torch.Tensor, targets: list[int | None]) -> torch.Tensor:
         pred = logits.detach().argmax(1)
         fixed = torch.tensor([-1 if t is None else t for t in targets], device=pred.device)
         return torch.where(fixed < 0, pred, fixed)
 
-    def _explain_with_library(self, batch, targets):
-        logits = self.predict_tensors(batch)
-        chosen = self._resolve_targets(logits, targets).tolist()
-        with restored_mode(self.model), METHODS[self.method](self.model, target_layers=[self.layer]) as cam:
+    def _explain_with_library(self, batch, chosen: list[int], config: CamConfig) -> np.ndarray:
+        layer = self.layers[config.layer]
+        with restored_mode(self.model), METHODS[config.method](self.model, target_layers=[layer]) as cam:
             maps = cam(
                 batch,
                 [ClassifierOutputTarget(int(t)) for t in chosen],
@@ -249,7 +330,7 @@ class Engine:
                 eigen_smooth=self.eigen_smooth,
             )
         self.model.zero_grad(set_to_none=True)
-        return logits, np.asarray(maps, dtype=np.float32)
+        return np.asarray(maps, dtype=np.float32)
 
     # ---- files -------------------------------------------------------------------------------------------
 
@@ -259,8 +340,9 @@ class Engine:
         pixels, orig_size = load_image(item.path, keep_gray=True, draft_size=2 * size if self.fast_decode else None)
         if min(pixels.shape[:2]) < 2:
             raise InputError(item.path, f"image too small ({pixels.shape[1]}x{pixels.shape[0]} pixels)")
-        tensor = preprocess(pixels, size, self.checkpoint.mean, self.checkpoint.std)
-        return _Decoded(tensor, orig_size, pixels if keep_pixels else None)
+        resized = resize_for_model(pixels, size)
+        tensor = normalize_pixels(resized, self.checkpoint.mean, self.checkpoint.std)
+        return _Decoded(tensor, resized, orig_size, pixels if keep_pixels else None)
 
     def _decode_or_error(self, item: ImageItem, keep_pixels: bool) -> _Decoded | str:
         try:
@@ -297,7 +379,7 @@ class Engine:
     ) -> Iterator[Explanation]:
         """Explain images in order, one Explanation per item; failures become records with `error`.
 
-        target: "pred", "true" (the item's label) or a class name. cams=False skips the CAM (plain inference).
+        target: "pred", "true" (the item's label) or a class name. cams=False skips the CAMs (plain inference).
         """
         items = list(items)
         fixed = None if target in ("pred", "true") else self.class_index(target)
@@ -310,7 +392,7 @@ class Engine:
                 if isinstance(dec, str):
                     result.error = dec
                     continue
-                result.orig_size, result.pixels = dec.orig_size, dec.pixels
+                result.orig_size, result.pixels, result.model_pixels = dec.orig_size, dec.pixels, dec.model_pixels
                 wanted = fixed
                 if target == "true":
                     label = result.item.label
@@ -323,9 +405,9 @@ class Engine:
             if good:
                 batch = torch.from_numpy(np.stack([dec.tensor for _, dec in good]))
                 if cams:
-                    logits, maps = self.explain_tensors(batch, targets)
+                    logits, maps = self.explain_all(batch, targets)
                 else:
-                    logits, maps = self.predict_tensors(batch), None
+                    logits, maps = self.predict_tensors(batch), {}
                 probs = torch.softmax(logits, dim=1).cpu().numpy()
                 logits_np = logits.cpu().numpy()
                 for j, (result, _) in enumerate(good):
@@ -333,7 +415,8 @@ class Engine:
                     result.pred = int(np.argmax(logits_np[j]))
                     if cams:
                         result.target = result.pred if targets[j] is None else targets[j]
-                        result.cam = maps[j]
+                        result.maps = {name: stack[j] for name, stack in maps.items()}
+                        result.cam = result.maps[self.configs[0].name]
             for result in results:
                 if on_image:
                     on_image(result)

@@ -81,8 +81,11 @@ def _paste_mask(canvas: np.ndarray, shape: dict, points: np.ndarray, path: Path,
         canvas[ys, xs] |= region[ys.start - y1 : ys.stop - y1, xs.start - x1 : xs.stop - x1]
 
 
-def rasterize_annotation(source: Path | dict, height: int, width: int, path: Path | None = None) -> Annotation:
-    """Union of every region shape of a LabelMe file as `mask: bool [height, width]`.
+def rasterize_annotation(
+    source: Path | dict, height: int, width: int, path: Path | None = None, draw_size: tuple[int, int] | None = None
+) -> Annotation:
+    """Union of every region shape of a LabelMe file as `mask: bool [height, width]` — or, with `draw_size`
+    (h, w), drawn directly at that size (the image of `height` x `width` scaled; no full-size mask is made).
 
     polygon, rectangle (two corners, any order), circle (centre + a point on it), oriented_rectangle (4 points)
     and mask (base64 PNG inside the box of its two points) have area; line, linestrip and point are ignored and
@@ -93,17 +96,18 @@ def rasterize_annotation(source: Path | dict, height: int, width: int, path: Pat
     path = Path(path or (source if isinstance(source, (str, Path)) else "annotation.json"))
     data = read_labelme(Path(source)) if isinstance(source, (str, Path)) else source
     warnings: list[str] = []
-    scale = (1.0, 1.0)
+    canvas_h, canvas_w = draw_size or (height, width)
+    scale = (canvas_w / width, canvas_h / height)
     declared_h, declared_w = data.get("imageHeight"), data.get("imageWidth")
     declared = all(isinstance(v, (int, float)) and v > 0 for v in (declared_h, declared_w))
     if declared and (int(declared_h), int(declared_w)) != (height, width):
-        scale = (width / float(declared_w), height / float(declared_h))
+        scale = (canvas_w / float(declared_w), canvas_h / float(declared_h))
         warnings.append(
             f"annotation is for a {int(declared_w)}x{int(declared_h)} image, the image is {width}x{height}: "
             "shapes scaled to fit"
         )
-    canvas = np.zeros((height, width), dtype=np.uint8)
-    pasted = np.zeros((height, width), dtype=bool)
+    canvas = np.zeros((canvas_h, canvas_w), dtype=np.uint8)
+    pasted = np.zeros((canvas_h, canvas_w), dtype=bool)
     regions, ignored = 0, 0
     for index, shape in enumerate(data["shapes"]):
         if not isinstance(shape, dict):

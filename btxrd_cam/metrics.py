@@ -1,20 +1,17 @@
-"""Pure numpy/scikit-learn metrics: classification quality and CAM-vs-annotation agreement.
+"""Pure numpy/scikit-learn per-image metrics: classification quality and CAM-vs-annotation agreement.
 
 Every function takes arrays, never a model or a path. Maps are `cam: float32 [H, W] in [0, 1]` (min–max
-normalised) and `mask: bool [H, W]` of the same shape. Not for: producing maps (engine.py).
+normalised) and `mask: bool [H, W]` of the same shape. Not for: producing maps (engine.py, maps.py) or numbers
+across images (statistics.py).
 """
 
 from __future__ import annotations
-
-import math
 
 import cv2
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 SWEEP_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05, 0.10, …, 0.95
-BOOTSTRAP_RESAMPLES = 1000
-BOOTSTRAP_SEED = 0
 
 
 # ---- CAM vs mask ------------------------------------------------------------------------------------------
@@ -165,41 +162,6 @@ def localization_metrics(
     return metrics
 
 
-# ---- summaries --------------------------------------------------------------------------------------------
-
-
-def describe(values) -> dict[str, float | int | None]:
-    """count, mean, median, std (population), IQR, min, max of the non-missing values."""
-    array = np.asarray([float(v) for v in values if v is not None and not _isnan(v)], dtype=np.float64)
-    if array.size == 0:
-        return {"count": 0, "mean": None, "median": None, "std": None, "iqr": None, "min": None, "max": None}
-    q1, median, q3 = np.percentile(array, [25, 50, 75])
-    return {
-        "count": int(array.size),
-        "mean": float(array.mean()),
-        "median": float(median),
-        "std": float(array.std()),
-        "iqr": float(q3 - q1),
-        "min": float(array.min()),
-        "max": float(array.max()),
-    }
-
-
-def _isnan(value) -> bool:
-    return isinstance(value, float) and math.isnan(value)
-
-
-def bootstrap_ci(values, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> list[float] | None:
-    """Percentile 95% bootstrap confidence interval of the mean (fixed seed); None without values."""
-    array = np.asarray([float(v) for v in values if v is not None], dtype=np.float64)
-    if array.size == 0:
-        return None
-    rng = np.random.default_rng(seed)
-    means = array[rng.integers(0, array.size, size=(resamples, array.size))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return [float(low), float(high)]
-
-
 # ---- classification ---------------------------------------------------------------------------------------
 
 
@@ -250,11 +212,3 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: l
         "per_class": per_class,
         "confusion_matrix": {"labels": list(class_names), "rows_true_cols_pred": confusion.tolist()},
     }
-
-
-def lesion_size_bins(mask_areas: list[float]) -> tuple[float, float] | None:
-    """Tertile edges of the mask area fractions (small ≤ first < medium ≤ second < large)."""
-    if not mask_areas:
-        return None
-    low, high = np.percentile(np.asarray(mask_areas, dtype=np.float64), [100 / 3, 200 / 3])
-    return float(low), float(high)

@@ -5,20 +5,28 @@ Not for: what a command keeps or draws from the results (infer.py, explain.py, g
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from btxrd_cam.checkpoint import load_checkpoint
 from btxrd_cam.console import progress
 from btxrd_cam.data import ImageItem, manifest_path, split_items
-from btxrd_cam.engine import Engine, Explanation
+from btxrd_cam.engine import CamConfig, Engine, Explanation
 from btxrd_cam.errors import UsageError
 from btxrd_cam.settings import ModelSettings, SplitSettings
 
 
-def open_engine(settings: ModelSettings) -> Engine:
-    """Load the checkpoint safely and build the engine the settings describe."""
-    checkpoint = load_checkpoint(settings.ckpt, settings.arch, settings.class_names, settings.target_layer)
+def open_checkpoint(settings: ModelSettings):
+    """Load the checkpoint the settings name, safely."""
+    return load_checkpoint(settings.ckpt, settings.arch, settings.class_names, settings.target_layer)
+
+
+def open_engine(
+    settings: ModelSettings, checkpoint=None, configs: Sequence[CamConfig] | None = None, layer_option=None
+) -> Engine:
+    """Build the engine the settings describe (loading the checkpoint unless given), for `configs` when given."""
+    checkpoint = checkpoint or open_checkpoint(settings)
     engine = Engine(
         checkpoint,
         device=settings.torch_device,
@@ -29,6 +37,8 @@ def open_engine(settings: ModelSettings) -> Engine:
         aug_smooth=settings.aug_smooth,
         eigen_smooth=settings.eigen_smooth,
         fast_decode=settings.fast_decode,
+        configs=configs,
+        layer_option=layer_option or "--target-layer",
     )
     if settings.target not in ("pred", "true"):
         engine.class_index(settings.target)  # an unknown class name fails before any image is read
@@ -76,6 +86,28 @@ def explain_items(
             kept.append(each(result) if each else result)
             advance()
     return kept
+
+
+def explain_and_score(
+    engine: Engine,
+    items: list[ImageItem],
+    score: Callable[[Explanation], object],
+    target: str = "pred",
+    quiet: bool = False,
+    description: str = "scoring",
+) -> list:
+    """One engine pass over the items; `score(result)` runs in a thread beside the engine, so the next batch does
+    not wait for megapixel scoring. Returns the scores in item order."""
+    with ThreadPoolExecutor(max_workers=1) as scorer:
+        futures = explain_items(
+            engine,
+            items,
+            target=target,
+            quiet=quiet,
+            description=description,
+            each=lambda result: scorer.submit(score, result),
+        )
+        return [future.result() for future in futures]
 
 
 def failure_record(item_id: str, path: Path | str, error: str) -> dict:

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from btxrd_cam.engine import upsample_cam  # noqa: E402
+from btxrd_cam.maps import upsample_cam  # noqa: E402
 from btxrd_cam.reports import write_atomic  # noqa: E402
 
 OUTLINE_RGB = (0, 255, 0)
@@ -153,5 +153,75 @@ def comparison_figure(rows: list[dict], path: Path, dpi: int = 120) -> Path:
             axes[r][c].imshow(panel, aspect="equal", **kwargs)
             axes[r][c].set_title(headers[c] if c < 3 else f"IoU {row['iou']:.3f}", fontsize=9)
         axes[r][0].set_ylabel(row["title"], fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi)
+
+
+METRIC_LABELS = {
+    "iou": "IoU",
+    "dice": "Dice",
+    "pointing_game": "pointing game (hit rate)",
+    "energy_pointing_game": "energy pointing game",
+    "pxap": "PxAP",
+}
+
+
+def forest_plot(report: dict, metrics: tuple[str, ...], path: Path, dpi: int = 120) -> Path:
+    """A row per configuration in rank order (baselines grey), mean ± 95% CI per metric panel, and a dashed
+    vertical line at the reference configuration's mean."""
+    names = report["ranking"]
+    baselines = {c["name"] for c in report["configurations"] if c["method"] is None}
+    reference = report["reference"]
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(4.2 * len(metrics) + 1.5, 0.3 * len(names) + 1.6), sharey=True, squeeze=False
+    )
+    ys = np.arange(len(names))[::-1]
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for y, name in zip(ys, names, strict=True):
+            cell = report["summary"][name][metric]
+            if cell["mean"] is None:
+                continue
+            colour = "0.55" if name in baselines else "tab:red" if name == reference else "tab:blue"
+            low, high = cell["ci95"] or (cell["mean"], cell["mean"])
+            ax.errorbar(cell["mean"], y, xerr=[[cell["mean"] - low], [high - cell["mean"]]], fmt="o", ms=4,
+                        color=colour, ecolor=colour, capsize=2, lw=1.2)  # fmt: skip
+        ref = report["summary"].get(reference, {}).get(metric, {}).get("mean")
+        if ref is not None:
+            ax.axvline(ref, color="tab:red", ls="--", lw=0.9)
+        ax.set_title(METRIC_LABELS.get(metric, metric), fontsize=10)
+        ax.grid(axis="x", color="0.9")
+        ax.set_xlabel("mean, 95% bootstrap CI", fontsize=8)
+    axes[0][0].set_yticks(ys)
+    axes[0][0].set_yticklabels(names, fontsize=8)
+    for label in axes[0][0].get_yticklabels():
+        if label.get_text() == reference:
+            label.set_fontweight("bold")
+        if label.get_text() in baselines:
+            label.set_color("0.45")
+    n = report["evaluated"]
+    fig.suptitle(f"CAM configurations vs annotations ({n} images; reference {reference}, dashed; baselines grey)",
+                 fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    return save_figure(fig, path, dpi)
+
+
+def comparison_grid(rows: list[dict], columns: list[str], path: Path, dpi: int = 110) -> Path:
+    """One row per image: the radiograph with its outline, then one overlay per configuration (titled with its
+    PxAP on that image). rows: {pixels uint8 [h, w(, 3)], mask bool [h, w], panels: [{name, map, pxap}], title}."""
+    n = max(1, len(rows))
+    fig, axes = plt.subplots(n, 1 + len(columns), figsize=(2.9 * (1 + len(columns)), 3.1 * n), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if not rows:
+        axes[0][0].text(0.5, 0.5, "no correctly classified annotated image", ha="center", va="center")
+    for r, row in enumerate(rows):
+        axes[r][0].imshow(draw_outline(row["pixels"], row["mask"]), aspect="equal")
+        axes[r][0].set_title("radiograph + annotation", fontsize=8)
+        axes[r][0].set_ylabel(row["title"], fontsize=8)
+        for c, panel in enumerate(row["panels"], start=1):
+            axes[r][c].imshow(draw_outline(overlay(row["pixels"], panel["map"]), row["mask"]), aspect="equal")
+            pxap = "—" if panel["pxap"] is None else f"{panel['pxap']:.3f}"
+            axes[r][c].set_title(f"{panel['name']}\nPxAP {pxap}", fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, dpi)

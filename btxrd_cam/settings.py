@@ -30,6 +30,9 @@ METHOD_NAMES = (
     "scorecam",
     "ablationcam",
 )
+SINGLE_PASS_METHODS = METHOD_NAMES[:7]  # compare's default: the methods one pass serves
+BASELINE_NAMES = ("uniform", "centre", "edges")
+RANK_METRICS = ("pxap", "iou", "dice", "pointing_game", "energy_pointing_game")
 
 
 def _int_at_least(minimum: int):
@@ -65,6 +68,23 @@ def _threshold(value) -> float | str:
         raise ValueError("must be a number strictly between 0 and 1, 'otsu' or 'tune'") from None
 
 
+MIN_RESOLUTION = 64
+
+
+def _resolution(value) -> str | int:
+    text = str(value).strip().lower()
+    if text in ("original", "model"):
+        return text
+    allowed = f"must be original, model or a long side in pixels (a whole number ≥ {MIN_RESOLUTION})"
+    try:
+        number = int(text)
+    except ValueError:
+        raise ValueError(allowed) from None
+    if number < MIN_RESOLUTION:
+        raise ValueError(allowed)
+    return number
+
+
 def _choice(*allowed: str):
     def check(value):
         text = str(value).strip().lower()
@@ -78,6 +98,7 @@ def _choice(*allowed: str):
 Count = Annotated[int, _int_at_least(1)]
 Workers = Annotated[int, _int_at_least(0)]
 UnitFloat = Annotated[float, BeforeValidator(_open_unit)]
+ScoringResolution = Annotated[str | int, BeforeValidator(_resolution)]
 
 
 def default_checkpoint() -> Path:
@@ -247,7 +268,50 @@ class AnnotateSettings(ModelSettings, SplitSettings, OutputSettings):
     threshold: Annotated[float | str, BeforeValidator(_threshold)] = 0.5
     select: Annotated[str, _choice("all", "correct")] = "all"
     top: Count = 5
-    resolution: Annotated[str, _choice("original", "model")] = "original"
+    resolution: ScoringResolution = "original"
+
+
+def _names(option_values: tuple[str, ...], everything: str, nothing: str | None = None):
+    """A comma-separated list of names from `option_values` (order kept, repeats kept for the caller to note);
+    `everything` means all of them, `nothing` (when allowed) none."""
+
+    def check(value):
+        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        items = [str(v).strip().lower() for v in items if str(v).strip()]
+        if items == [everything]:
+            return list(option_values)
+        if nothing is not None and items == [nothing]:
+            return []
+        unknown = [v for v in items if v not in option_values]
+        if unknown or not items:
+            alternatives = f"{everything}" + (f" or {nothing}" if nothing else "")
+            raise ValueError(
+                f"{'unknown ' + ', '.join(unknown) + '; ' if unknown else ''}must be a comma-separated list of "
+                f"{', '.join(option_values)}, or {alternatives}"
+            )
+        return items
+
+    return BeforeValidator(check)
+
+
+def _layer_list(value):
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    items = [str(v).strip() for v in items if str(v).strip()]
+    if not items:
+        raise ValueError("must be auto or a comma-separated list of layer names (e.g. bn2,blocks.4)")
+    return "auto" if [i.lower() for i in items] == ["auto"] else items
+
+
+class CompareSettings(ModelSettings, SplitSettings, OutputSettings):
+    methods: Annotated[list[str], _names(METHOD_NAMES, "all")] = list(SINGLE_PASS_METHODS)
+    layers: Annotated[str | list[str], BeforeValidator(_layer_list)] = "auto"
+    baselines: Annotated[list[str], _names(BASELINE_NAMES, "all", "none")] = list(BASELINE_NAMES)
+    reference: str | None = None
+    threshold: Annotated[float | str, BeforeValidator(_threshold)] = 0.5
+    select: Annotated[str, _choice("all", "correct")] = "all"
+    resolution: ScoringResolution = 512
+    rank_by: Annotated[str, _choice(*RANK_METRICS)] = "pxap"
+    top: Count = 4
 
 
 class DemoSettings(BaseModel):

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from btxrd_cam.checkpoint import save_upstream_checkpoint
+from btxrd_cam.commands.demo import write_dataset
 from btxrd_cam.data import DEFAULT_CLASS_NAMES
-from btxrd_cam.demo import write_dataset
 from btxrd_cam.settings import build_settings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from btxrd_cam.annotate import METRICS, run_annotate
+from btxrd_cam.commands.annotate import METRICS, run_annotate
+from btxrd_cam.commands.explain import run_explain
 from btxrd_cam.errors import UsageError
-from btxrd_cam.explain import run_explain
 from btxrd_cam.metrics import SWEEP_THRESHOLDS
 from btxrd_cam.settings import AnnotateSettings, ExplainSettings, build_settings
 from tests.conftest import project_settings

@@ -28,7 +28,7 @@ def invoke(args, cwd=None):
 def test_help_lists_every_command_with_a_description_and_version():
     result = invoke(["--help"])
     assert result.exit_code == 0
-    for command in ("gallery", "annotate-iou", "explain-image", "infer", "demo"):
+    for command in ("gallery", "annotate-iou", "explain-image", "infer", "compare", "demo"):
         assert command in result.output
     assert invoke(["--version"]).output.strip() == f"btxrd-cam {__version__}"
 
@@ -62,6 +62,21 @@ def test_annotate_iou_stdout_is_the_report_for_jq(tiny_project):
     report = json.loads(result.stdout)
     assert report == json.loads((tiny_project / "results/gradcam/annotation_report.json").read_text())
     assert 0 <= report["summary"]["iou"]["mean"] <= 1
+
+
+def test_compare_end_to_end_names_the_winner_for_jq(tiny_project):
+    result = invoke(["compare", "--methods", "gradcam,layercam", "--top", "2"], cwd=tiny_project)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report == json.loads((tiny_project / "results/gradcam/comparison_report.json").read_text())
+    assert report["ranking"][0] in report["summary"] and len(report["ranking"]) == 2 * 4 + 3
+    assert {p.name for p in (tiny_project / "results/gradcam").iterdir()} >= {"comparison.png", "comparison_grid.png"}
+    assert result.stderr == ""  # not a terminal: no table, no progress
+    result = invoke(["compare", "--methods", "gradcam,nope", "--rank-by", "auc", "-q"], cwd=tiny_project)
+    assert result.exit_code == 2 and result.stdout == "" and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("btxrd-cam: error: --methods: got gradcam,nope; unknown nope")
+    assert lines[1].startswith("btxrd-cam: error: --rank-by: got auc; must be one of pxap, iou")
 
 
 def test_infer_jsonl_parses_line_by_line_and_failures_exit_1(tiny_project):

@@ -6,8 +6,8 @@ from typer.testing import CliRunner
 
 from btxrd_cam.checkpoint import load_checkpoint
 from btxrd_cam.cli import app
+from btxrd_cam.commands.demo import synthesize, write_dataset
 from btxrd_cam.data import DATASET_COLUMNS, load_image, read_metadata
-from btxrd_cam.demo import synthesize, write_dataset
 from btxrd_cam.labelme import rasterize_annotation
 
 

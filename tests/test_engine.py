@@ -3,14 +3,17 @@ import numpy as np
 import pytest
 import timm
 import torch
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, ScoreCAM
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from torch import nn
 
 from btxrd_cam.checkpoint import Checkpoint, resolve_target_layer
 from btxrd_cam.data import ImageItem
-from btxrd_cam.engine import Engine, frozen_eval, upsample_cam
+from btxrd_cam.engine import METHODS, SINGLE_PASS, CamConfig, Engine, eigen_projection, frozen_eval
 from btxrd_cam.errors import UsageError
+from btxrd_cam.layers import auto_layers
+from btxrd_cam.maps import upsample_cam
 from tests.conftest import gray_image
 
 
@@ -55,6 +58,60 @@ def test_single_pass_maps_equal_pytorch_grad_cam(arch, method, cls):
         expected = reference(x, [ClassifierOutputTarget(t) for t in targets])
     mine = np.stack([upsample_cam(c, (64, 64)) for c in cams])
     assert np.abs(mine - expected).max() <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ["test_efficientnet", "resnet18"])
+def test_one_pass_over_every_method_and_layer_equals_pytorch_grad_cam_run_for_each(arch):
+    model = _model(arch)
+    ckpt = _checkpoint(model)
+    layers = auto_layers(model, ckpt.target_layer_name, 64)
+    assert len(layers) == 4
+    configs = [CamConfig(method, layer) for method in SINGLE_PASS for layer in layers]
+    engine = Engine(ckpt, configs=configs)
+    x = torch.randn(4, 3, 64, 64)
+    calls = []
+    handle = model.register_forward_hook(lambda *args: calls.append(1))
+    logits, maps = engine.explain_all(x, [None, 0, 2, None])
+    handle.remove()
+    assert len(calls) == 1 and list(maps) == [c.name for c in configs]  # one forward for all 28
+    assert all(p.grad is None for p in model.parameters())  # no parameter gradient was computed
+    with torch.inference_mode():
+        plain = model(x)
+    assert torch.allclose(logits, plain, atol=1e-5)
+    targets = [ClassifierOutputTarget(t) for t in (int(plain[0].argmax()), 0, 2, int(plain[3].argmax()))]
+    for config in configs:
+        with METHODS[config.method](model, target_layers=[model.get_submodule(config.layer)]) as reference:
+            expected = reference(x, targets)
+        mine = np.stack([upsample_cam(c, (64, 64)) for c in maps[config.name]])
+        assert np.abs(mine - expected).max() <= 1e-4, config.name
+        assert maps[config.name].shape[1:] == engine.grids[config.layer]
+
+
+def test_eigen_projection_equals_the_librarys():
+    rng = np.random.default_rng(0)
+    for shape in [(2, 64, 3, 3), (2, 8, 12, 12)]:
+        activations = rng.standard_normal(shape).astype(np.float32)
+        activations[0, 0, 0, 0] = np.nan
+        np.testing.assert_allclose(eigen_projection(activations), get_2d_projection(activations), atol=1e-5)
+
+
+def test_layers_after_the_earliest_are_not_cut_off_and_a_gradient_free_method_shares_the_pass():
+    model = _model("test_efficientnet")
+    ckpt = _checkpoint(model)
+    engine = Engine(ckpt, configs=[CamConfig("eigencam", "blocks.2"), CamConfig("gradcam", "bn2")])
+    x = torch.randn(2, 3, 64, 64)
+    _, maps = engine.explain_all(x, [1, 1])
+    with GradCAM(model, target_layers=[model.bn2]) as reference:
+        expected = reference(x, [ClassifierOutputTarget(1)] * 2)
+    assert np.abs(np.stack([upsample_cam(c, (64, 64)) for c in maps["gradcam@bn2"]]) - expected).max() <= 1e-4
+    with EigenCAM(model, target_layers=[model.blocks[2]]) as reference:
+        expected = reference(x, None)
+    assert np.abs(np.stack([upsample_cam(c, (64, 64)) for c in maps["eigencam@blocks.2"]]) - expected).max() <= 1e-4
+
+
+def test_a_layer_that_is_no_feature_map_is_refused():
+    with pytest.raises(UsageError, match="'classifier' outputs \\[1, 3\\], not a 4-D feature map"):
+        Engine(_checkpoint(_model("test_efficientnet")), configs=[CamConfig("gradcam", "classifier")])
 
 
 def test_model_state_is_restored_and_no_gradient_leaks():

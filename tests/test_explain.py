@@ -9,8 +9,8 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from btxrd_cam.checkpoint import load_checkpoint
+from btxrd_cam.commands.explain import run_explain
 from btxrd_cam.data import load_image, preprocess
-from btxrd_cam.explain import run_explain
 from btxrd_cam.reports import clean
 from btxrd_cam.settings import ExplainSettings, build_settings
 from tests.conftest import write_labelme

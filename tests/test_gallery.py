@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from btxrd_cam.commands.gallery import run_gallery, select_examples
 from btxrd_cam.errors import UsageError
-from btxrd_cam.gallery import run_gallery, select_examples
 from btxrd_cam.settings import GallerySettings
 from tests.conftest import project_settings
 
@@ -101,7 +101,7 @@ def test_absent_class_and_large_k_give_empty_cells_not_errors(tiny_project):
 
 
 def test_gallery_selection_matches_one_recomputed_from_infer_output(tiny_project, capsys):
-    from btxrd_cam.infer import run_infer
+    from btxrd_cam.commands.infer import run_infer
     from btxrd_cam.settings import InferSettings
 
     report = run_gallery(_settings(tiny_project, k=2, subset="train")).report

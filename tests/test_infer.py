@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from btxrd_cam.checkpoint import load_checkpoint
+from btxrd_cam.commands.infer import run_infer
 from btxrd_cam.data import load_image, preprocess, read_manifest
-from btxrd_cam.infer import run_infer
 from btxrd_cam.metrics import classification_metrics
 from btxrd_cam.reports import clean
 from btxrd_cam.settings import InferSettings

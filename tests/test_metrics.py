@@ -3,9 +3,7 @@ import pytest
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, confusion_matrix, roc_auc_score
 
 from btxrd_cam.metrics import (
-    bootstrap_ci,
     classification_metrics,
-    describe,
     dice,
     energy_pointing_game,
     iou,
@@ -102,23 +100,6 @@ def test_otsu_separates_two_levels():
     cam[:, 5:] = 0.8
     t = otsu_threshold(cam)
     assert 0 < t <= 0.8 and iou(cam, cam > 0.5, t) == 1.0
-
-
-def test_describe_and_bootstrap():
-    stats = describe([1.0, 2.0, 3.0, 4.0, None])
-    assert stats == {
-        "count": 4,
-        "mean": 2.5,
-        "median": 2.5,
-        "std": pytest.approx(np.std([1, 2, 3, 4])),
-        "iqr": 1.5,
-        "min": 1.0,
-        "max": 4.0,
-    }
-    assert describe([])["mean"] is None
-    low, high = bootstrap_ci([0.0, 1.0] * 20)
-    assert low < 0.5 < high and bootstrap_ci([0.0, 1.0] * 20) == [low, high]
-    assert bootstrap_ci([]) is None and bootstrap_ci([0.3] * 5) == [0.3, 0.3]
 
 
 def test_classification_metrics_match_scikit_learn():

@@ -6,28 +6,23 @@ default), summarise with bootstrap intervals and breakdowns, and draw the most c
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from btxrd_cam.console import show, summary_table, warn
 from btxrd_cam.data import ImageItem, load_image, manifest_path
-from btxrd_cam.engine import Engine, Explanation, resize_mask, upsample_cam
+from btxrd_cam.engine import Engine, Explanation
 from btxrd_cam.errors import InputError, UsageError
 from btxrd_cam.labelme import rasterize_annotation
-from btxrd_cam.metrics import (
-    SWEEP_THRESHOLDS,
-    bootstrap_ci,
-    describe,
-    lesion_size_bins,
-    localization_metrics,
-    otsu_threshold,
-)
-from btxrd_cam.pipeline import checkpoint_info, explain_items, load_split, open_engine
+from btxrd_cam.maps import upsample_cam
+from btxrd_cam.metrics import SWEEP_THRESHOLDS
+from btxrd_cam.pipeline import checkpoint_info, explain_and_score, load_split, open_engine
 from btxrd_cam.render import comparison_figure
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
+from btxrd_cam.scoring import annotation_mask, score_map
 from btxrd_cam.settings import AnnotateSettings
+from btxrd_cam.statistics import bootstrap_ci, describe, lesion_size_bins
 
 METRICS = ("iou", "dice", "pointing_game", "energy_pointing_game", "pxap", "cam_area", "mask_area")
 REPORT_NAME = "annotation_report.json"
@@ -52,24 +47,12 @@ class AnnotateOutcome:
     empty: bool
 
 
-def score_image(result: Explanation, engine: Engine, threshold, resolution: str) -> tuple[dict, list[float]]:
+def score_image(result: Explanation, engine: Engine, threshold, resolution) -> tuple[dict, list[float]]:
     """Metrics of one explained image against its annotation. Raises InputError for an unusable annotation."""
-    annotation = rasterize_annotation(result.item.annotation, *result.orig_size)
-    if annotation.area == 0:
-        raise InputError(result.item.annotation, "annotation has no area")
-    if resolution == "model":
-        size = (engine.checkpoint.image_size,) * 2
-        mask = resize_mask(annotation.mask, size)
-        if not mask.any():
-            raise InputError(result.item.annotation, "annotation has no area at model resolution")
-    else:
-        size, mask = result.orig_size, annotation.mask
-    cam = upsample_cam(result.cam, size)
-    used = otsu_threshold(cam) if threshold == "otsu" else float(threshold)
-    metrics = localization_metrics(cam, mask, used, sweep=SWEEP_THRESHOLDS)
+    annotation = annotation_mask(result.item.annotation, result.orig_size, resolution, engine.checkpoint.image_size)
+    cam = upsample_cam(result.cam, annotation.mask.shape)
+    metrics = score_map(cam, annotation.mask, threshold, sweep=SWEEP_THRESHOLDS)
     sweep = metrics.pop("sweep")
-    if threshold == "otsu":
-        metrics["threshold"] = used
     if annotation.warnings:
         metrics["warnings"] = annotation.warnings
     return metrics, sweep
@@ -100,18 +83,15 @@ def _score(result: Explanation, engine: Engine, settings: AnnotateSettings, thre
 
 
 def score_items(engine: Engine, items: list[ImageItem], settings: AnnotateSettings, threshold, description: str):
-    """Explain the items in one engine pass and score each; full-size scoring (megapixel masks and maps) runs in
-    a thread beside the engine, so the next batch does not wait for it."""
-    with ThreadPoolExecutor(max_workers=1) as scorer:
-        futures = explain_items(
-            engine,
-            items,
-            target=settings.target,
-            quiet=settings.quiet,
-            description=description,
-            each=lambda result: scorer.submit(_score, result, engine, settings, threshold),
-        )
-        return [future.result() for future in futures]
+    """Explain the items in one engine pass and score each (beside the engine)."""
+    return explain_and_score(
+        engine,
+        items,
+        lambda result: _score(result, engine, settings, threshold),
+        target=settings.target,
+        quiet=settings.quiet,
+        description=description,
+    )
 
 
 def _annotated(items: list[ImageItem]) -> list[ImageItem]:

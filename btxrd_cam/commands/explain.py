@@ -9,9 +9,10 @@ import cv2
 import numpy as np
 
 from btxrd_cam.data import find_images
-from btxrd_cam.engine import Engine, Explanation, upsample_cam
+from btxrd_cam.engine import Engine, Explanation
 from btxrd_cam.errors import InputError
 from btxrd_cam.labelme import rasterize_annotation
+from btxrd_cam.maps import upsample_cam
 from btxrd_cam.metrics import localization_metrics
 from btxrd_cam.pipeline import explain_items, open_engine
 from btxrd_cam.render import captioned, draw_outline, overlay, save_png

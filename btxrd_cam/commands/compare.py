@@ -1,0 +1,326 @@
+"""`btxrd-cam compare`: every CAM method × layer, and the chance baselines, against the annotations in one pass.
+
+Explain the annotated images of the split once with every configuration (`METHOD@LAYER`), score every map — and
+the `uniform`, `centre` and `edges` baselines, as rows of the same tables — against the annotation exactly as
+annotate-iou does, then summarise: mean and bootstrap 95% CI per configuration and metric, the paired bootstrap
+difference against a reference configuration, a ranking, a forest plot and a grid of examples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from btxrd_cam.console import comparison_table, show, warn
+from btxrd_cam.data import ImageItem, load_image, manifest_path, resize_for_model
+from btxrd_cam.engine import LIBRARY_PATH, CamConfig, Engine, Explanation
+from btxrd_cam.errors import InputError, UsageError
+from btxrd_cam.labelme import rasterize_annotation
+from btxrd_cam.layers import auto_layers, get_layer
+from btxrd_cam.maps import baseline_map, upsample_cam
+from btxrd_cam.metrics import SWEEP_THRESHOLDS
+from btxrd_cam.pipeline import checkpoint_info, explain_and_score, load_split, open_checkpoint, open_engine
+from btxrd_cam.render import comparison_grid, fit_long_side, forest_plot
+from btxrd_cam.reports import SCHEMA_VERSION, write_report
+from btxrd_cam.scoring import annotation_mask, score_map
+from btxrd_cam.settings import CompareSettings
+from btxrd_cam.statistics import mean_ci, paired_bootstrap
+
+REPORT_NAME = "comparison_report.json"
+FOREST_NAME = "comparison.png"
+GRID_NAME = "comparison_grid.png"
+METRICS = ("iou", "dice", "pointing_game", "energy_pointing_game", "pxap", "cam_area", "mask_area")
+PAIRED_METRICS = ("iou", "dice", "pointing_game", "energy_pointing_game", "pxap")
+FOREST_METRICS = ("iou", "pointing_game", "pxap")
+GRID_CONFIGURATIONS = 3  # best-ranked CAM configurations shown beside the reference in the grid
+GRID_LONG_SIDE = 384
+
+
+@dataclass
+class Scored:
+    """One image after scoring: its report record, and its raw maps for the example grid."""
+
+    record: dict
+    item: ImageItem
+    maps: dict[str, np.ndarray] | None
+    sweeps: dict[str, list[float]] | None
+    excluded: bool = False
+
+
+@dataclass
+class CompareOutcome:
+    report: dict
+    text: str
+    failed: int
+    empty: bool
+
+
+def resolve_configurations(settings: CompareSettings, checkpoint) -> tuple[list[CamConfig], list[str]]:
+    """Every method × every layer (canonical names), in that order; repeated ones dropped with a note."""
+    model, size = checkpoint.model, checkpoint.image_size
+    if settings.layers == "auto":
+        layers = auto_layers(model, checkpoint.target_layer_name, size)
+    else:
+        layers = [get_layer(model, name, "--layers")[0] for name in settings.layers]
+    configs, dropped = [], []
+    for method in settings.methods:
+        for layer in layers:
+            config = CamConfig(method, layer)
+            if config in configs:
+                dropped.append(config.name)
+            else:
+                configs.append(config)
+    notes = (
+        [f"dropped {len(dropped)} repeated configuration(s): {', '.join(dict.fromkeys(dropped))}"] if dropped else []
+    )
+    slow = sorted({c.method for c in configs if c.method in LIBRARY_PATH})
+    if slow:
+        notes.append(f"{', '.join(slow)} run through pytorch-grad-cam's own passes per layer (slow: many forwards)")
+    return configs, notes
+
+
+def resolve_reference(settings: CompareSettings, checkpoint, names: list[str]) -> tuple[str, list[str]]:
+    """The configuration the others are compared with: --reference, else what annotate-iou reports (the default
+    method at the checkpoint's target layer), else the first configuration (with a note)."""
+    if settings.reference:
+        wanted = settings.reference.strip()
+        if "@" in wanted:  # the same configuration may be spelled with another layer name (stages[-1])
+            method, layer = wanted.split("@", 1)
+            with contextlib.suppress(UsageError):  # unknown layer: reported below, with the valid names
+                wanted = f"{method.strip().lower()}@{get_layer(checkpoint.model, layer.strip(), '--reference')[0]}"
+        if wanted not in names:
+            raise UsageError(
+                f"--reference: got {settings.reference}; must be one of the configurations: {', '.join(names)}"
+            )
+        return wanted, []
+    default = f"{settings.method}@{checkpoint.target_layer_name}"
+    if default in names:
+        return default, []
+    return names[0], [f"reference {default} is not among the configurations; comparing with {names[0]}"]
+
+
+def _blank_record(item: ImageItem, error: str | None) -> dict:
+    return {
+        "image_id": item.image_id,
+        "label": item.label,
+        "pred": None,
+        "confidence": None,
+        "subtype": item.subtype,
+        "metrics": None,
+        "error": error,
+    }
+
+
+def score_configurations(
+    result: Explanation,
+    engine: Engine,
+    settings: CompareSettings,
+    thresholds: dict[str, float | str],
+    sweep: bool = False,
+) -> Scored:
+    """Every configuration's map and every baseline of one image against its annotation, at the scoring size."""
+    names = engine.class_names
+    item = result.item
+    record = _blank_record(item, result.error)
+    if not result.ok:
+        return Scored(record, item, None, None)
+    record.update(pred=names[result.pred], confidence=float(result.probs[result.pred]))
+    if settings.select == "correct" and record["pred"] != record["label"]:
+        return Scored(record, item, None, None, excluded=True)
+    try:
+        annotation = annotation_mask(
+            item.annotation, result.orig_size, settings.resolution, engine.checkpoint.image_size
+        )
+    except InputError as exc:
+        record["error"] = str(exc)
+        return Scored(record, item, None, None)
+    size, mask = annotation.mask.shape, annotation.mask
+    metrics, sweeps = {}, {}
+    maps = [(name, lambda raw=raw: upsample_cam(raw, size)) for name, raw in result.maps.items()]
+    maps += [(name, lambda name=name: baseline_map(name, size, result.model_pixels)) for name in settings.baselines]
+    for name, make in maps:
+        scores = score_map(make(), mask, thresholds[name], sweep=SWEEP_THRESHOLDS if sweep else ())
+        sweeps[name] = scores.pop("sweep", None)
+        metrics[name] = scores
+    record["metrics"] = metrics
+    if annotation.warnings:
+        record["warnings"] = annotation.warnings
+    return Scored(record, item, result.maps, sweeps if sweep else None)
+
+
+def _annotated(items: list[ImageItem]) -> list[ImageItem]:
+    return [it for it in items if it.annotation is not None]
+
+
+def tune_thresholds(engine: Engine, settings: CompareSettings, names: list[str]) -> tuple[dict, dict]:
+    """Each configuration's sweep threshold with the highest mean IoU on the split's val subset — never on the
+    images it scores (CheXlocalize tunes per task the same way). Returns (thresholds, tuning info)."""
+    if settings.subset == "val":
+        raise UsageError(
+            "--threshold: tune picks thresholds on the val subset, so it cannot score val itself; "
+            "use --subset test or a fixed threshold"
+        )
+    manifest = manifest_path(settings.splits_dir, settings.split, "val")
+    if not manifest.is_file():
+        raise UsageError(f"--threshold: tune needs a val manifest, and {manifest} does not exist")
+    val_items = _annotated(load_split(settings, engine.class_names, subset="val"))
+    if not val_items:
+        raise UsageError(f"--threshold: tune needs annotated images in {manifest}, and it has none")
+    scored = explain_and_score(
+        engine,
+        val_items,
+        lambda result: score_configurations(result, engine, settings, dict.fromkeys(names, 0.5), sweep=True),
+        target=settings.target,
+        quiet=settings.quiet,
+        description="tuning on val",
+    )
+    usable = [s for s in scored if s.sweeps is not None]
+    if not usable:
+        raise UsageError(f"--threshold: no usable annotated image in {manifest} to tune on")
+    thresholds, best_iou = {}, {}
+    for name in names:
+        means = np.mean([s.sweeps[name] for s in usable], axis=0)
+        best = int(np.argmax(means))  # the lowest threshold among equals
+        thresholds[name], best_iou[name] = SWEEP_THRESHOLDS[best], float(means[best])
+    info = {"tuned_on": f"{settings.split}/val", "images": len(usable), "mean_iou_on_val": best_iou}
+    return thresholds, info
+
+
+def _values(records: list[dict], name: str, metric: str) -> list[float | None]:
+    values = [r["metrics"][name][metric] for r in records]
+    return [None if v is None else float(v) for v in values]
+
+
+def summarize(records: list[dict], names: list[str]) -> dict:
+    """{name: {metric: {mean, ci95}}}; the energy pointing game also as a multiple of chance (`x_chance`): the
+    uniform map's energy pointing game is the mask's area fraction, so chance is the mean mask area."""
+    chance = mean_ci(_values(records, names[0], "mask_area"))["mean"] if records else None
+    summary = {}
+    for name in names:
+        summary[name] = {metric: mean_ci(_values(records, name, metric)) for metric in METRICS}
+        energy = summary[name]["energy_pointing_game"]
+        energy["x_chance"] = energy["mean"] / chance if energy["mean"] is not None and chance else None
+    return summary
+
+
+def paired_differences(records: list[dict], names: list[str], reference: str) -> dict:
+    """{name: {metric: {difference, ci95, excludes_zero}}} of name − reference over the same images."""
+    return {
+        name: {
+            metric: paired_bootstrap(_values(records, name, metric), _values(records, reference, metric))
+            for metric in PAIRED_METRICS
+        }
+        for name in names
+        if name != reference
+    }
+
+
+def rank(summary: dict, metric: str) -> list[str]:
+    """Names by mean `metric`, best first (ties by name; no value last)."""
+    return sorted(summary, key=lambda n: (summary[n][metric]["mean"] is None, -(summary[n][metric]["mean"] or 0), n))
+
+
+def _grid_rows(scored: list[Scored], columns: list[str], settings: CompareSettings, model_size: int) -> list[dict]:
+    """The `--top` most confident correctly classified scored images, re-read for drawing only, with each
+    column's map at the thumbnail's size."""
+    correct = [s for s in scored if s.maps is not None and s.record["pred"] == s.record["label"]]
+    correct.sort(key=lambda s: (-s.record["confidence"], s.item.image_id))
+    rows = []
+    for s in correct[: settings.top]:
+        try:
+            pixels, size = load_image(s.item.path)
+            small = fit_long_side(pixels, GRID_LONG_SIDE)
+            mask = rasterize_annotation(s.item.annotation, *size, draw_size=small.shape[:2]).mask
+        except InputError as exc:
+            warn(f"{exc} (left out of the grid)", settings.quiet)
+            continue
+        panels = []
+        for name in columns:
+            if name in s.maps:
+                shown = upsample_cam(s.maps[name], small.shape[:2])
+            else:
+                shown = baseline_map(name, small.shape[:2], resize_for_model(small, model_size))
+            panels.append({"name": name, "map": shown, "pxap": s.record["metrics"][name]["pxap"]})
+        title = f"{s.item.image_id}\n{s.record['label']} p={s.record['confidence']:.2f}"
+        rows.append({"pixels": small, "mask": mask, "panels": panels, "title": title})
+    return rows
+
+
+def run_compare(settings: CompareSettings) -> CompareOutcome:
+    checkpoint = open_checkpoint(settings)
+    configs, notes = resolve_configurations(settings, checkpoint)
+    engine = open_engine(settings, checkpoint, configs, layer_option="--layers")
+    names = [c.name for c in configs] + list(settings.baselines)
+    reference, more_notes = resolve_reference(settings, checkpoint, names)
+    for note in notes + more_notes:
+        warn(note, settings.quiet)
+    items = load_split(settings, engine.class_names)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    if settings.threshold == "tune":
+        thresholds, tuning = tune_thresholds(engine, settings, names)
+    else:
+        thresholds, tuning = dict.fromkeys(names, settings.threshold), None
+    annotated = _annotated(items)
+    scored = explain_and_score(
+        engine,
+        annotated,
+        lambda result: score_configurations(result, engine, settings, thresholds),
+        target=settings.target,
+        quiet=settings.quiet,
+        description=f"comparing {len(names)} configurations",
+    )
+    failed = [s.record for s in scored if s.record["error"] is not None]
+    evaluated = [s for s in scored if s.record["error"] is None and not s.excluded]
+    records = [s.record for s in evaluated]
+    summary = summarize(records, names)
+    ranking = rank(summary, settings.rank_by)
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "command": "compare",
+        "settings": {
+            "split": settings.split,
+            "subset": settings.subset,
+            "methods": settings.methods,
+            "layers": settings.layers,
+            "baselines": settings.baselines,
+            "target": settings.target,
+            "select": settings.select,
+            "resolution": settings.resolution,
+            "threshold": settings.threshold,
+            "rank_by": settings.rank_by,
+            "data_root": str(settings.data_root),
+            "splits_dir": str(settings.splits_dir),
+        },
+        "checkpoint": checkpoint_info(engine),
+        "configurations": [
+            {"name": c.name, "method": c.method, "layer": c.layer, "grid": list(engine.grids[c.layer])} for c in configs
+        ]
+        + [{"name": b, "method": None, "layer": None, "grid": None} for b in settings.baselines],
+        "reference": reference,
+        "threshold": {
+            "mode": settings.threshold if isinstance(settings.threshold, str) else "fixed",
+            "value": settings.threshold if isinstance(settings.threshold, float) else None,
+            "tuning": tuning,
+        },
+        "thresholds": thresholds if tuning else None,
+        "images_in_split": len(items),
+        "annotated_images": len(annotated),
+        "evaluated": len(records),
+        "excluded_by_select": sum(s.excluded for s in scored),
+        "summary": summary,
+        "paired": paired_differences(records, names, reference) if records else {},
+        "ranking": ranking,
+        "records": records,
+        "failed": failed,
+    }
+    text = write_report(report, settings.out / REPORT_NAME)
+    if annotated:
+        forest_plot(report, FOREST_METRICS, settings.out / FOREST_NAME)
+        cams = [n for n in ranking if n != reference and n not in settings.baselines][:GRID_CONFIGURATIONS]
+        columns = [reference, *cams] + (["centre"] if "centre" in names and reference != "centre" else [])
+        rows = _grid_rows(evaluated, columns, settings, engine.checkpoint.image_size)
+        comparison_grid(rows, columns, settings.out / GRID_NAME)
+    show(comparison_table(report, settings.rank_by), settings.quiet)
+    return CompareOutcome(report, text, len(failed), empty=not annotated)

@@ -1,0 +1,197 @@
+"""Finding layers in a model generically: the CAM layer, the feature stages and the grid each layer outputs.
+
+Works from timm's `feature_info` where the model has it, else from the module tree and one dummy forward, so
+that EfficientNet, ResNet, ConvNeXt and DenseNet need no special case. Not for: running the model on images
+(engine.py) or loading it (checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from btxrd_cam.errors import CheckpointError, UsageError
+
+TRUNK_CONTAINERS = ("features", "stages")
+
+
+def describe_names(names: list[str], limit: int = 5) -> str:
+    """`a, b, c, d, e (+3 more)`: a few names for an error message."""
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def parse_layer_name(name: str) -> str:
+    """`stages[-1]` → `stages.-1`; dotted names pass through."""
+    return re.sub(r"\[(-?\d+)\]", r".\1", name).strip(".")
+
+
+def get_layer(model: nn.Module, name: str, option: str = "--target-layer") -> tuple[str, nn.Module]:
+    """Resolve a layer name (dotted, `[i]` indices allowed, negative too) to its canonical name and module.
+
+    CheckpointError (a usage error) naming `option`, the value and the valid names at the level that failed.
+    """
+    parts, module, canonical = parse_layer_name(name).split("."), model, []
+    for part in parts:
+        children = dict(module.named_children())
+        if part.lstrip("-").isdigit() and part.startswith("-") and children:
+            part = list(children)[int(part)] if -len(children) <= int(part) else part
+        if part not in children:
+            where = f"{'.'.join(canonical)}'s children" if canonical else "top-level layers"
+            raise CheckpointError(
+                f"{option}: {name!r} is not a layer of this model (at {part!r}; {where}: "
+                f"{describe_names(list(children))})"
+            )
+        module, canonical = children[part], [*canonical, part]
+    return ".".join(canonical), module
+
+
+def _dummy_forward(model: nn.Module, image_size: int, hooked: dict[str, nn.Module]) -> dict[str, object]:
+    """Outputs of the hooked modules (first call each) for one zero image, the model's mode left as it was."""
+    outputs: dict[str, object] = {}
+    handles = []
+
+    def hook_for(name):
+        def hook(module, inputs, output):
+            outputs.setdefault(name, output)
+
+        return hook
+
+    for name, module in hooked.items():
+        handles.append(module.register_forward_hook(hook_for(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        parameter = next(model.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return outputs
+
+
+def resolve_target_layer(model: nn.Module, image_size: int = 224) -> str:
+    """Name of the module whose output is the final 4-D feature map, the one global pooling reads.
+
+    Found by one dummy forward: the feature map is what `forward_features` returns (timm), else the last 4-D
+    output with more than one pixel. The outermost module producing that very tensor wins (EfficientNet `bn2`,
+    ResNet `layer4`), descending into whole-trunk containers (`features`, `stages`) to their last child
+    (DenseNet `features.norm5`, ConvNeXt `stages.3`). Pass-through modules (Identity) never count.
+    """
+    outputs: list[tuple[str, torch.Tensor]] = []
+    handles = []
+
+    def hook_for(name):
+        def hook(module, inputs, output):
+            passthrough = bool(inputs) and output is inputs[0]
+            if isinstance(output, torch.Tensor) and output.ndim == 4 and not passthrough:
+                outputs.append((name, output))
+
+        return hook
+
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_hook(hook_for(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            x = torch.zeros(1, 3, image_size, image_size)
+            if hasattr(model, "forward_features"):
+                features = model.forward_features(x)
+            else:
+                model(x)
+                features = next(o for _, o in reversed(outputs) if o.shape[-1] * o.shape[-2] > 1)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    producers = [name for name, output in outputs if output is features]
+    if not producers:
+        raise CheckpointError("could not find the feature-map layer of this model; pass --target-layer NAME")
+    outermost = min(producers, key=lambda n: (n.count("."), -producers.index(n)))
+    if outermost in TRUNK_CONTAINERS:
+        children = [n for n in producers if n.startswith(outermost + ".") and n.count(".") == 1]
+        if children:
+            outermost = children[-1]
+    return outermost
+
+
+def stage_container(model: nn.Module) -> str | None:
+    """The child of the model that holds its stages (EfficientNet `blocks`, ConvNeXt `stages`): a sequence of
+    at least two modules holding most of the model's parameters. None when the stages are top-level (ResNet)."""
+    total = sum(p.numel() for p in model.parameters()) or 1
+    for name, child in model.named_children():
+        is_sequence = isinstance(child, (nn.Sequential, nn.ModuleList)) and len(child) >= 2
+        if is_sequence and sum(p.numel() for p in child.parameters()) > total / 2:
+            return name
+    return None
+
+
+def stage_names(model: nn.Module) -> list[str]:
+    """The model's stages in forward order: the children of its stage container (`blocks.0` … `blocks.6`), or
+    the top-level sequences holding parameters (ResNet `layer1` … `layer4`). [] when neither exists."""
+    container = stage_container(model)
+    if container is not None:
+        return [f"{container}.{name}" for name, _ in getattr(model, container).named_children()]
+    return [
+        name
+        for name, child in model.named_children()
+        if isinstance(child, nn.Sequential) and len(child) >= 1 and any(True for _ in child.parameters())
+    ]
+
+
+def feature_stages(model: nn.Module, image_size: int = 224) -> list[str]:
+    """Modules whose outputs are the model's feature maps at each resolution, in forward order.
+
+    timm's `feature_info` where the model has it (EfficientNet-B0 `blocks.0, 1, 2, 4, 6`; ResNet `act1,
+    layer1 … layer4`); otherwise, from one dummy forward, the last stage at each spatial resolution.
+    """
+    info = getattr(model, "feature_info", None)
+    if info:
+        names = [entry.get("module") for entry in info if isinstance(entry, dict) and entry.get("module")]
+        if names:
+            return [parse_layer_name(n) for n in names]
+    candidates = stage_names(model)
+    outputs = _dummy_forward(model, image_size, {n: model.get_submodule(n) for n in candidates})
+    last_at: dict[tuple[int, int], str] = {}
+    for name in candidates:
+        output = outputs.get(name)
+        if isinstance(output, torch.Tensor) and output.ndim == 4:
+            last_at.pop(tuple(output.shape[-2:]), None)
+            last_at[tuple(output.shape[-2:])] = name  # re-inserted: dict order follows the last module
+    return list(last_at.values())
+
+
+def auto_layers(model: nn.Module, target_layer: str, image_size: int = 224, earlier: int = 3) -> list[str]:
+    """`--layers auto`: the target layer, then the outputs of the `earlier` stages before it, latest first.
+
+    EfficientNet-B0: bn2, blocks.6, blocks.4, blocks.2; ResNet: layer4, layer3, layer2, layer1.
+    """
+    stages = [name for name in reversed(feature_stages(model, image_size)) if name != target_layer]
+    return [target_layer, *stages[:earlier]]
+
+
+def layer_grids(model: nn.Module, names: list[str], image_size: int, option: str = "--layers") -> dict:
+    """The feature grid (h, w) each named layer outputs at the model's input size; UsageError for a layer the
+    forward never calls or whose output is not a 4-D feature map (a classifier, a pooled vector)."""
+    modules = {name: model.get_submodule(name) for name in names}
+    outputs = _dummy_forward(model, image_size, modules)
+    grids = {}
+    for name in names:
+        output = outputs.get(name)
+        if output is None:
+            raise UsageError(f"{option}: {name!r} is never called in the model's forward pass, so it has no map")
+        if not isinstance(output, torch.Tensor) or output.ndim != 4:
+            shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise UsageError(
+                f"{option}: {name!r} outputs {shape}, not a 4-D feature map [B, C, H, W]; choose a convolutional "
+                "layer (e.g. the stages before global pooling)"
+            )
+        grids[name] = (int(output.shape[-2]), int(output.shape[-1]))
+    return grids
