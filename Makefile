@@ -21,7 +21,8 @@ demo: install
 	$(BIN)/btxrd-cam demo $(DEMO_DIR)
 	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam gallery > /dev/null
 	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam annotate-iou > /dev/null
-	@echo "Galleries and the annotation report are in $(DEMO_DIR)/results/gradcam/" >&2
+	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam compare > /dev/null
+	@echo "Galleries, the annotation report and the comparison are in $(DEMO_DIR)/results/gradcam/" >&2
 
 test: install
 	$(BIN)/python -m pytest

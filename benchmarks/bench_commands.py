@@ -65,11 +65,28 @@ def time_commands(root: Path, repeats: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def time_demo(demo: Path, repeats: int) -> dict:
+    """compare (28 configurations + 3 baselines) against annotate-iou (one) on the demo's test split, interleaved."""
+    commands = {"annotate-iou": ["annotate-iou", "-q", "--out", "/tmp/btxrd-bench-a"],
+                "compare": ["compare", "-q", "--out", "/tmp/btxrd-bench-c"]}  # fmt: skip
+    walls = {name: [] for name in commands}
+    for _ in range(repeats):
+        for name, args in commands.items():
+            walls[name].append(run_command([btxrd_cam(), *args], demo)[0])
+    wall = {name: float(np.median(values)) for name, values in walls.items()}
+    print(table(f"On the demo's test split (median of {repeats})", ["command", "wall s", "x annotate-iou"],
+                [[k, f"{v:.1f}", f"{v / wall['annotate-iou']:.2f}"] for k, v in wall.items()]))  # fmt: skip
+    return {"wall_s": wall, "compare_x_annotate": wall["compare"] / wall["annotate-iou"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=150)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--demo", type=Path, default=Path(__file__).resolve().parents[1] / "demo")
     args = parser.parse_args()
+    if (args.demo / "checkpoints" / "best_stratified.pt").is_file():
+        save_results("demo_commands", time_demo(args.demo, args.repeats))
     big = make_project(WORK / f"split_{args.images}_large", args.images, 2600, 2000, 224)
     wall = time_commands(big, args.repeats)
     base = wall["infer"]["wall_s"]

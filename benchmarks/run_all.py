@@ -14,8 +14,10 @@ if __name__ == "__main__":
         print("building the demo first (for the --fast-decode check)", file=sys.stderr)
         subprocess.run([str(Path(sys.executable).with_name("btxrd-cam")), "demo", str(DEMO), "-q"], check=True,
                        stdout=subprocess.DEVNULL)  # fmt: skip
-    for script in ("bench_engine.py", "bench_decode.py", "bench_commands.py"):
+    scripts = ("bench_engine.py", "bench_compare_engine.py", "bench_decode.py", "bench_commands.py",
+               "bench_resolution.py")  # fmt: skip
+    for script in scripts:
         args = [sys.executable, str(HERE / script)]
-        if script == "bench_decode.py":
+        if script in ("bench_decode.py", "bench_commands.py", "bench_resolution.py"):
             args += ["--demo", str(DEMO)]
         subprocess.run(args, check=True, cwd=HERE)

@@ -17,6 +17,8 @@ import typer
 from btxrd_cam import __version__
 from btxrd_cam.errors import BtxrdCamError, UsageError
 from btxrd_cam.settings import (
+    ANNOTATE_RESOLUTION,
+    COMPARE_RESOLUTION,
     SINGLE_PASS_METHODS,
     AnnotateSettings,
     CompareSettings,
@@ -108,6 +110,12 @@ Split = Annotated[
 ]
 Subset = Annotated[str, typer.Option(help="train, val or test.", rich_help_panel=DATA)]
 Out = Annotated[Path, typer.Option("--out", "-O", help="Output directory.")]
+Resolution = Annotated[
+    str,
+    typer.Option(
+        help="Scoring size: the image's long side scaled to N px (never up), original, or model (upstream's way)."
+    ),
+]
 
 
 def _values(params: dict) -> dict:
@@ -200,6 +208,7 @@ def explain_image(
     ] = False,
     annotation: Annotated[Path | None, typer.Option(help="LabelMe JSON to outline and score against.")] = None,
     threshold: Annotated[str, typer.Option(metavar="FLOAT", help="CAM threshold for IoU in (0, 1).")] = "0.5",
+    resolution: Resolution = str(ANNOTATE_RESOLUTION),
     ckpt: Ckpt = None,
     arch: Arch = None,
     class_names: ClassNames = None,
@@ -265,7 +274,7 @@ def annotate_iou(
     ] = "0.5",
     select: Annotated[str, typer.Option(help="all, or correct (correctly classified only).")] = "all",
     top: Annotated[str, typer.Option(metavar="INT", help="Rows of the comparison figure.")] = "5",
-    resolution: Annotated[str, typer.Option(help="original (default) or model (upstream's way).")] = "original",
+    resolution: Resolution = str(ANNOTATE_RESOLUTION),
     out: Out = Path("results/gradcam"),
     ckpt: Ckpt = None,
     arch: Arch = None,
@@ -319,7 +328,7 @@ def compare(
         str, typer.Option(help="A number in (0, 1), otsu, or tune (each configuration's own, picked on val).")
     ] = "0.5",
     select: Annotated[str, typer.Option(help="all, or correct (correctly classified only).")] = "all",
-    resolution: Annotated[str, typer.Option(help="Scoring size: a long side in pixels, original or model.")] = "512",
+    resolution: Resolution = str(COMPARE_RESOLUTION),
     rank_by: Annotated[
         str, typer.Option("--rank-by", help="pxap, iou, dice, pointing_game or energy_pointing_game.")
     ] = "pxap",

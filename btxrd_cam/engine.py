@@ -15,6 +15,7 @@ Not for: choosing images (data.py), scoring (metrics.py), baselines and map oper
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,7 @@ METHODS = {
 # Methods whose map is a function of (activations, gradients) of one pass: served by the single-pass path.
 SINGLE_PASS = ("gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "eigencam", "eigengradcam")
 GRADIENT_FREE = {"eigencam"}
+EIGEN = {"eigencam", "eigengradcam"}
 LIBRARY_PATH = ("scorecam", "ablationcam")
 
 
@@ -193,6 +195,7 @@ class Engine:
         self.fast_decode = fast_decode
         self.single_pass = [c for c in configs if c.method in SINGLE_PASS and not aug_smooth]
         self.library_path = [c for c in configs if c not in self.single_pass]
+        self._pool: ThreadPoolExecutor | None = None
         # pytorch-grad-cam's method objects, used only for their channel weighting (they hook nothing here)
         with restored_mode(self.model):
             self._weightings = {c.method: METHODS[c.method](self.model, target_layers=[]) for c in self.single_pass}
@@ -296,14 +299,27 @@ class Engine:
             for handle in handles:
                 handle.remove()
         cam_targets = [ClassifierOutputTarget(int(t)) for t in chosen.tolist()]
-        with threadpool_limits(1, user_api="blas"):  # small matrices: threads cost more than they give
-            for name in layer_names:
-                acts = captured[name].detach().float().cpu().numpy()
-                layer_grads = grads[name].detach().float().cpu().numpy() if name in grads else np.zeros_like(acts)
-                for config in (c for c in self.single_pass if c.layer == name):
-                    raw = self._cam_image(config, batch, cam_targets, acts, layer_grads)
-                    maps[config.name] = scale_cam_image(np.maximum(raw, 0)).astype(np.float32)
+        jobs = []
+        for name in layer_names:
+            acts = captured[name].detach().float().cpu().numpy()
+            layer_grads = grads[name].detach().float().cpu().numpy() if name in grads else np.zeros_like(acts)
+            jobs += [(config, acts, layer_grads) for config in self.single_pass if config.layer == name]
+        jobs.sort(key=lambda job: job[0].method not in EIGEN)  # the slow SVDs first: the threads end together
+
+        def weigh(job):
+            config, acts, layer_grads = job
+            raw = self._cam_image(config, batch, cam_targets, acts, layer_grads)
+            return config.name, scale_cam_image(np.maximum(raw, 0)).astype(np.float32)
+
+        # many small matrices: one BLAS thread each, and the configurations spread over the cores
+        with threadpool_limits(1, user_api="blas"):
+            maps.update(self._weighing_pool().map(weigh, jobs) if len(jobs) > 1 else map(weigh, jobs))
         return logits.detach().float(), chosen
+
+    def _weighing_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="cam-weighting")
+        return self._pool
 
     def _cam_image(self, config: CamConfig, batch, cam_targets, acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
         """The method's raw map on the layer's grid: pytorch-grad-cam's `get_cam_image`, except that the

@@ -127,9 +127,15 @@ def _place_on_bone(rng, centre, axis, normal, half_width, length):
     return centre + axis * t + normal * offset
 
 
-def synthesize(rng: np.random.Generator, label: str, image_id: str, center: int) -> DemoImage:
+DEMO_LONG_SIDE = (512, 1024)
+BTXRD_LONG_SIDE = (1500, 3000)  # BTXRD's own radiographs, for benchmarks at its scale
+
+
+def synthesize(
+    rng: np.random.Generator, label: str, image_id: str, center: int, long_side_range=DEMO_LONG_SIDE
+) -> DemoImage:
     """One synthetic radiograph of the given class, with the exact LabelMe region of its lesion."""
-    long_side = int(rng.integers(512, 1025))
+    long_side = int(rng.integers(long_side_range[0], long_side_range[1] + 1))
     short_side = int(long_side * rng.uniform(0.6, 0.85))
     height, width = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
     soft = 40 + 12 * _smooth_noise(rng, height, width, 120)
@@ -288,8 +294,9 @@ def _write_csv(path: Path, header, rows) -> None:
     tmp.replace(path)
 
 
-def write_dataset(out_dir: Path, n_images: int, seed: int, quiet: bool = True) -> dict:
-    """Write data_raw/ and data/splits/; returns the split membership {split: {subset: [image_id]}}."""
+def write_dataset(out_dir: Path, n_images: int, seed: int, quiet: bool = True, long_side_range=DEMO_LONG_SIDE) -> dict:
+    """Write data_raw/ and data/splits/; returns the split membership {split: {subset: [image_id]}}.
+    `long_side_range`: the images' long sides in pixels (BTXRD_LONG_SIDE for BTXRD-sized benchmarks)."""
     rng = np.random.default_rng(seed)
     data_root = Path(out_dir) / "data_raw"
     (data_root / "images").mkdir(parents=True, exist_ok=True)
@@ -299,7 +306,8 @@ def write_dataset(out_dir: Path, n_images: int, seed: int, quiet: bool = True) -
     with progress(n_images, "demo: drawing radiographs", quiet) as advance:
         for i, label in enumerate(labels):
             suffix = ".jpg" if i % 7 == 3 else ".jpeg"
-            item = synthesize(rng, label, f"IMG{i + 1:06d}{suffix}", center=int(rng.integers(1, 4)))
+            center = int(rng.integers(1, 4))
+            item = synthesize(rng, label, f"IMG{i + 1:06d}{suffix}", center, long_side_range)
             cv2.imwrite(str(data_root / "images" / item.image_id), item.pixels, [cv2.IMWRITE_JPEG_QUALITY, 90])
             if item.shapes:
                 stem = Path(item.image_id).stem

@@ -11,12 +11,11 @@ import numpy as np
 from btxrd_cam.data import find_images
 from btxrd_cam.engine import Engine, Explanation
 from btxrd_cam.errors import InputError
-from btxrd_cam.labelme import rasterize_annotation
 from btxrd_cam.maps import upsample_cam
-from btxrd_cam.metrics import localization_metrics
 from btxrd_cam.pipeline import explain_items, open_engine
 from btxrd_cam.render import captioned, draw_outline, overlay, save_png
 from btxrd_cam.reports import emit, to_json, write_atomic
+from btxrd_cam.scoring import annotation_mask, score_map
 from btxrd_cam.settings import ExplainSettings
 
 
@@ -52,13 +51,14 @@ def _record(result: Explanation, engine: Engine, settings: ExplainSettings) -> d
             pixels = cv2.resize(pixels, result.orig_size[::-1], interpolation=cv2.INTER_LINEAR)
         shown = overlay(pixels, cam, settings.alpha)
         if settings.annotation is not None:
-            annotation = rasterize_annotation(settings.annotation, *result.orig_size)
-            if annotation.area == 0:
-                raise InputError(settings.annotation, "annotation has no area")
+            model_size = engine.checkpoint.image_size
+            annotation = annotation_mask(settings.annotation, result.orig_size, settings.resolution, model_size)
+            size = annotation.mask.shape
+            scored = cam if size == result.orig_size else upsample_cam(result.cam, size)
             record["metrics"] = {
                 "threshold": settings.threshold,
-                "resolution": "original",
-                **localization_metrics(cam, annotation.mask, settings.threshold),
+                "resolution": settings.resolution,
+                **score_map(scored, annotation.mask, settings.threshold),
             }
             if annotation.warnings:
                 record["metrics"]["warnings"] = annotation.warnings
