@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 some images or annotations failed (listed in the output
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Annotated
 import typer
 
 from btxrd_cam import __version__
-from btxrd_cam.errors import BtxrdCamError, UsageError
+from btxrd_cam.errors import BtxrdCamError, Terminated, UsageError
 from btxrd_cam.settings import (
     ANNOTATE_RESOLUTION,
     COMPARE_RESOLUTION,
@@ -129,8 +130,19 @@ def _values(params: dict) -> dict:
     return values
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def _run(settings_type, values: dict, action: Callable) -> None:
-    """Validate, run, map errors to exit codes. Nothing here prints data; actions return their exit code."""
+    """Validate, run, map errors to exit codes. Nothing here prints data; actions return their exit code.
+
+    SIGINT (Ctrl-C) exits 130 and SIGTERM 143, with one line and no traceback; reports are written atomically, so
+    an interrupted run leaves no partial or temporary file and an earlier report untouched."""
+    from btxrd_cam.console import route_python_warnings
+
+    route_python_warnings(bool(values.get("quiet")))
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         settings = build_settings(settings_type, **values)
         code = action(settings)
@@ -144,6 +156,11 @@ def _run(settings_type, values: dict, action: Callable) -> None:
     except KeyboardInterrupt:
         typer.echo("btxrd-cam: interrupted", err=True)
         raise typer.Exit(130) from None
+    except Terminated:
+        typer.echo("btxrd-cam: terminated", err=True)
+        raise typer.Exit(143) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     raise typer.Exit(code)
 
 

@@ -38,7 +38,18 @@ def show(renderable, quiet: bool = False) -> None:
 
 def warn(message: str, quiet: bool = False) -> None:
     if for_people(quiet):
-        stderr.print(f"[yellow]warning:[/] {message}", highlight=False)
+        stderr.print(f"[yellow]warning:[/] {message}", highlight=False, markup=True)
+
+
+def route_python_warnings(quiet: bool) -> None:
+    """Python warnings (Pillow's, torch's, …) are for people too: shown as ours, and gone with --quiet or when
+    stderr is not a terminal."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        warn(f"{category.__name__}: {message}", quiet)
+
+    warnings.showwarning = show
 
 
 def _fmt(value) -> str:

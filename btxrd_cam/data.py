@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import glob
 import os
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from btxrd_cam.errors import InputError, UsageError
+from btxrd_cam.errors import InputError, UsageError, one_line
 
 DEFAULT_CLASS_NAMES = ("Normal", "Benign", "Malignant")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -62,8 +63,9 @@ DATASET_COLUMNS = (
 )
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 SUBSETS = ("train", "val", "test")
-# Decoding more than this many pixels is refused per image (a 12000 x 9000 radiograph is 108 M).
-MAX_PIXELS = 250_000_000
+# Decoding more than this many pixels is refused per image, before anything is allocated: a 12,000 x 9,000 scan
+# (108 M) still loads; BTXRD's largest radiographs have ~12 M, a 43 x 35 cm DR detector at 100 um ~15 M.
+MAX_PIXELS = 120_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
@@ -248,32 +250,22 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
         return array
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
-    if array.dtype in (np.uint16, np.int32, np.int64, np.uint32) and array.max(initial=0) <= 65535:
-        # 16-bit radiographs: scale the full 16-bit range to 8 bits (never clip)
-        return ((array.astype(np.float64) * 255.0 / 65535.0) + 0.5).astype(np.uint8)
+    if array.dtype.kind in "ui" and array.min(initial=0) >= 0 and array.max(initial=0) <= 65535:
+        # 16-bit radiographs: the full 16-bit range scaled to 8 bits, rounded (never clipped), in integers so that
+        # a large image needs 4 bytes per pixel, not 8: floor(v * 255 / 65535 + 0.5)
+        wide = array.astype(np.uint32)
+        wide *= 510
+        wide += 65535
+        wide //= 131070
+        return wide.astype(np.uint8)
     array = array.astype(np.float64)
     lo, hi = float(array.min(initial=0)), float(array.max(initial=0))
     return ((array - lo) * (255.0 / (hi - lo or 1.0)) + 0.5).astype(np.uint8)
 
 
-_REDUCED = {
-    ("L", 2): cv2.IMREAD_REDUCED_GRAYSCALE_2, ("L", 4): cv2.IMREAD_REDUCED_GRAYSCALE_4,
-    ("L", 8): cv2.IMREAD_REDUCED_GRAYSCALE_8, ("RGB", 2): cv2.IMREAD_REDUCED_COLOR_2,
-    ("RGB", 4): cv2.IMREAD_REDUCED_COLOR_4, ("RGB", 8): cv2.IMREAD_REDUCED_COLOR_8,
-}  # fmt: skip
-
-
 def _reduction(size: tuple[int, int], at_least: int) -> int:
     """The largest libjpeg scale 1/2, 1/4, 1/8 that keeps both sides ≥ at_least pixels (1: none)."""
     return next((f for f in (8, 4, 2) if min(size) // f >= at_least), 1)
-
-
-def _reduced_jpeg(path: Path, mode: str, factor: int) -> np.ndarray:
-    """libjpeg's DCT-domain downscaled decode via OpenCV (EXIF orientation applied by OpenCV)."""
-    pixels = cv2.imread(str(path), _REDUCED[(mode, factor)])
-    if pixels is None:
-        raise InputError(path, "unreadable image (reduced JPEG decode failed)")
-    return pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
 
 
 def load_image(
@@ -284,8 +276,9 @@ def load_image(
     Returns `pixels: uint8 [H, W, 3]` (RGB) — or `[H, W]` when `keep_gray` and the file is single-channel, which
     is exact: Pillow's RGB conversion of a grayscale image replicates the channel. EXIF orientation is applied;
     16-bit images are scaled, palette and alpha images converted. `draft_size` lets libjpeg decode JPEGs at the
-    smallest DCT scale (1/2, 1/4, 1/8, via OpenCV) that keeps both sides ≥ draft_size (`--fast-decode`; not exact).
-    Raises InputError naming the file for anything unreadable.
+    smallest DCT scale (1/2, 1/4, 1/8, Pillow's draft mode) that keeps both sides ≥ draft_size (`--fast-decode`;
+    not exact). Raises InputError naming the file for anything unreadable — a truncated or corrupt file on every
+    path, a header declaring more than MAX_PIXELS pixels before anything is allocated.
     """
     path = Path(path)
     if not path.is_file():
@@ -296,14 +289,15 @@ def load_image(
             with Image.open(path) as image:
                 width, height = image.size
                 if width * height > MAX_PIXELS:
-                    raise InputError(path, f"image too large ({width}x{height} pixels)")
+                    raise InputError(path, f"image too large ({width}x{height} pixels; the limit is {MAX_PIXELS:,})")
                 orientation = image.getexif().get(0x0112, 1)
                 if orientation in (5, 6, 7, 8):
                     width, height = height, width
                 if draft_size and image.format == "JPEG" and image.mode in ("L", "RGB"):
                     factor = _reduction(image.size, draft_size)
                     if factor > 1:
-                        return _reduced_jpeg(path, image.mode, factor), (height, width)
+                        image.draft(image.mode, (image.size[0] // factor, image.size[1] // factor))
+                image.load()  # decode now: a truncated or corrupt file fails here, on every path
                 image = ImageOps.exif_transpose(image)
                 mode = image.mode
                 if mode in ("L", "I;16", "I;16B", "I;16L", "I", "F", "1"):
@@ -318,8 +312,8 @@ def load_image(
         raise InputError(path, f"image too large ({exc})") from exc
     except Image.UnidentifiedImageError:
         raise InputError(path, "not an image file Pillow can read") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(path, f"unreadable image ({exc})") from None
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
+        raise InputError(path, f"unreadable image ({one_line(exc, 120)})") from None
     if pixels.ndim == 2 and not keep_gray:
         pixels = np.repeat(pixels[:, :, None], 3, axis=2)
     return np.ascontiguousarray(pixels), (height, width)

@@ -41,7 +41,7 @@ from threadpoolctl import threadpool_limits
 
 from btxrd_cam.checkpoint import Checkpoint
 from btxrd_cam.data import ImageItem, load_image, normalize_pixels, resize_for_model
-from btxrd_cam.errors import InputError, UsageError
+from btxrd_cam.errors import InputError, UsageError, per_image
 from btxrd_cam.layers import get_layer, layer_grids
 
 METHODS = {
@@ -110,11 +110,11 @@ def eigen_projection(activations: np.ndarray) -> np.ndarray:
     the library's full SVD builds a 1280x1280 matrix it never uses. float [B, C, h, w] → float32 [B, h, w]."""
     activations = np.where(np.isnan(activations), 0, activations)  # as the library does
     projections = []
-    for per_image in activations:
-        flat = per_image.reshape(per_image.shape[0], -1).transpose()
+    for one in activations:
+        flat = one.reshape(one.shape[0], -1).transpose()
         flat = flat - flat.mean(axis=0)
         _, _, vt = np.linalg.svd(flat, full_matrices=False)
-        projections.append((flat @ vt[0, :]).reshape(per_image.shape[1:]))
+        projections.append((flat @ vt[0, :]).reshape(one.shape[1:]))
     return np.float32(projections)
 
 
@@ -361,12 +361,8 @@ class Engine:
         return _Decoded(tensor, resized, orig_size, pixels if keep_pixels else None)
 
     def _decode_or_error(self, item: ImageItem, keep_pixels: bool) -> _Decoded | str:
-        try:
-            return self.decode(item, keep_pixels)
-        except InputError as exc:
-            return exc.reason
-        except Exception as exc:  # a decoder crash on one file must not stop the batch
-            return f"could not decode ({type(exc).__name__}: {exc})"
+        """The decoded image, or the reason it cannot be used (the record names the file)."""
+        return per_image(lambda: self.decode(item, keep_pixels), lambda reason: reason, item.path, named=False)
 
     def _decoded_batches(self, items: list[ImageItem], keep_pixels: bool):
         chunks = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class BtxrdCamError(Exception):
@@ -17,6 +22,10 @@ class CheckpointError(UsageError):
     """A checkpoint that cannot be loaded safely or does not match the requested architecture."""
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT (CLI exit code 143)."""
+
+
 class InputError(BtxrdCamError):
     """One input file (image, annotation, manifest row) that cannot be used; a batch records it and goes on."""
 
@@ -24,3 +33,32 @@ class InputError(BtxrdCamError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{Path(self.path).name}: {reason}")
+
+
+STRICT_ENV = "BTXRD_CAM_STRICT"  # set (the test suite does): unexpected exceptions inside a batch propagate
+
+
+def one_line(value: object, limit: int = 200) -> str:
+    """A message on one line, at most `limit` characters."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def per_image(work: Callable[[], T], fail: Callable[[str], T], path: Path | str | None = None, named: bool = True) -> T:
+    """The per-image boundary, the one place where one image's failure becomes its record instead of the batch's.
+
+    Runs `work()`; on InputError returns `fail("<file>: <reason>")` (just the reason when `named` is False, for a
+    record that already names its file); on any other exception — a decoder or library crash, an overflow, a
+    memory error — the same, with the exception's type, so that nothing one file contains can stop a batch.
+    With BTXRD_CAM_STRICT set (the test suite), those unexpected exceptions propagate instead: programming errors
+    must surface where they are tested, not hide in a record.
+    """
+    try:
+        return work()
+    except InputError as exc:
+        return fail(str(exc) if named else exc.reason)
+    except Exception as exc:
+        if os.environ.get(STRICT_ENV):
+            raise
+        reason = f"unexpected {type(exc).__name__}: {one_line(exc)}"
+        return fail(f"{Path(path).name}: {reason}" if named and path else reason)

@@ -8,13 +8,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from btxrd_cam.checkpoint import load_checkpoint
 from btxrd_cam.console import progress
 from btxrd_cam.data import ImageItem, manifest_path, split_items
 from btxrd_cam.engine import CamConfig, Engine, Explanation
-from btxrd_cam.errors import UsageError
+from btxrd_cam.errors import UsageError, per_image
 from btxrd_cam.settings import ModelSettings, SplitSettings
+
+T = TypeVar("T")
 
 
 def open_checkpoint(settings: ModelSettings):
@@ -91,23 +94,35 @@ def explain_items(
 def explain_and_score(
     engine: Engine,
     items: list[ImageItem],
-    score: Callable[[Explanation], object],
+    score: Callable[[Explanation], T],
+    failed: Callable[[Explanation, str], T],
     target: str = "pred",
     quiet: bool = False,
     description: str = "scoring",
-) -> list:
+) -> list[T]:
     """One engine pass over the items; `score(result)` runs in a thread beside the engine, so the next batch does
-    not wait for megapixel scoring. Returns the scores in item order."""
+    not wait for megapixel scoring, inside the per-image boundary: an image whose annotation (or anything else)
+    cannot be scored becomes `failed(result, reason)`. Returns the scores in item order."""
+
+    def guarded(result: Explanation) -> T:
+        where = result.item.annotation or result.item.path
+        return per_image(lambda: score(result), lambda reason: failed(result, reason), where)
+
     with ThreadPoolExecutor(max_workers=1) as scorer:
-        futures = explain_items(
-            engine,
-            items,
-            target=target,
-            quiet=quiet,
-            description=description,
-            each=lambda result: scorer.submit(score, result),
-        )
-        return [future.result() for future in futures]
+        futures = []
+        try:
+            futures = explain_items(
+                engine,
+                items,
+                target=target,
+                quiet=quiet,
+                description=description,
+                each=lambda result: scorer.submit(guarded, result),
+            )
+            return [future.result() for future in futures]
+        except BaseException:  # an interrupt: drop what has not started, so the exit is prompt
+            scorer.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def failure_record(item_id: str, path: Path | str, error: str) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,12 @@ import timm
 import torch
 from torch import nn
 
-from btxrd_cam.checkpoint import save_upstream_checkpoint
+from btxrd_cam.errors import STRICT_ENV
+
+# Inside a batch, an unexpected exception would become one image's error record; in the tests it must surface.
+os.environ[STRICT_ENV] = "1"
+
+from btxrd_cam.checkpoint import save_upstream_checkpoint  # noqa: E402
 from btxrd_cam.commands.demo import write_dataset
 from btxrd_cam.data import DEFAULT_CLASS_NAMES
 from btxrd_cam.settings import build_settings

@@ -13,7 +13,7 @@ import numpy as np
 from btxrd_cam.console import show, summary_table, warn
 from btxrd_cam.data import ImageItem, load_image, manifest_path
 from btxrd_cam.engine import Engine, Explanation
-from btxrd_cam.errors import InputError, UsageError
+from btxrd_cam.errors import UsageError, per_image
 from btxrd_cam.labelme import rasterize_annotation
 from btxrd_cam.maps import upsample_cam
 from btxrd_cam.metrics import SWEEP_THRESHOLDS
@@ -58,28 +58,28 @@ def score_image(result: Explanation, engine: Engine, threshold, resolution) -> t
     return metrics, sweep
 
 
-def _score(result: Explanation, engine: Engine, settings: AnnotateSettings, threshold) -> Scored:
-    names = engine.class_names
+def _record(result: Explanation, names: list[str], error: str | None) -> dict:
     item = result.item
-    record = {
+    ok = result.ok and result.probs is not None
+    return {
         "image_id": item.image_id,
         "label": item.label,
-        "pred": None,
-        "confidence": None,
+        "pred": names[result.pred] if ok else None,
+        "confidence": float(result.probs[result.pred]) if ok else None,
         "subtype": item.subtype,
         **dict.fromkeys(METRICS),
-        "error": result.error,
+        "error": error,
     }
+
+
+def _score(result: Explanation, engine: Engine, settings: AnnotateSettings, threshold) -> Scored:
+    """Raises InputError for an unusable annotation (the per-image boundary turns it into a failed record)."""
+    record = _record(result, engine.class_names, result.error)
     if not result.ok:
-        return Scored(record, item, None, None)
-    record.update(pred=names[result.pred], confidence=float(result.probs[result.pred]))
-    try:
-        metrics, sweep = score_image(result, engine, threshold, settings.resolution)
-    except InputError as exc:
-        record["error"] = str(exc)
-        return Scored(record, item, None, None)
+        return Scored(record, result.item, None, None)
+    metrics, sweep = score_image(result, engine, threshold, settings.resolution)
     record.update(metrics)
-    return Scored(record, item, result.cam, sweep)
+    return Scored(record, result.item, result.cam, sweep)
 
 
 def score_items(engine: Engine, items: list[ImageItem], settings: AnnotateSettings, threshold, description: str):
@@ -88,6 +88,7 @@ def score_items(engine: Engine, items: list[ImageItem], settings: AnnotateSettin
         engine,
         items,
         lambda result: _score(result, engine, settings, threshold),
+        lambda result, reason: Scored(_record(result, engine.class_names, reason), result.item, None, None),
         target=settings.target,
         quiet=settings.quiet,
         description=description,
@@ -173,12 +174,15 @@ def _figure_rows(scored: list[Scored], top: int, quiet: bool) -> list[dict]:
     correct.sort(key=lambda s: (-s.record["confidence"], s.item.image_id))
     rows = []
     for s in correct[:top]:
-        try:
-            pixels, size = load_image(s.item.path)
-            mask = rasterize_annotation(s.item.annotation, *size).mask
-        except InputError as exc:
-            warn(f"{exc} (left out of the figure)", quiet)
+
+        def read(item=s.item):
+            pixels, size = load_image(item.path)
+            return pixels, rasterize_annotation(item.annotation, *size).mask
+
+        drawn = per_image(read, lambda reason: warn(f"{reason} (left out of the figure)", quiet), s.item.path)
+        if drawn is None:
             continue
+        pixels, mask = drawn
         title = f"{s.item.image_id}\n{s.record['label']} p={s.record['confidence']:.2f}"
         rows.append({"pixels": pixels, "mask": mask, "cam": s.cam, "iou": s.record["iou"], "title": title})
     return rows

@@ -16,7 +16,7 @@ import numpy as np
 from btxrd_cam.console import comparison_table, show, warn
 from btxrd_cam.data import ImageItem, load_image, manifest_path, resize_for_model
 from btxrd_cam.engine import LIBRARY_PATH, CamConfig, Engine, Explanation
-from btxrd_cam.errors import InputError, UsageError
+from btxrd_cam.errors import UsageError, per_image
 from btxrd_cam.labelme import rasterize_annotation
 from btxrd_cam.layers import auto_layers, get_layer
 from btxrd_cam.maps import baseline_map, upsample_cam
@@ -113,6 +113,23 @@ def _blank_record(item: ImageItem, error: str | None) -> dict:
     }
 
 
+def _record(result: Explanation, names: list[str], error: str | None) -> dict:
+    ok = result.ok and result.probs is not None
+    return {
+        "image_id": result.item.image_id,
+        "label": result.item.label,
+        "pred": names[result.pred] if ok else None,
+        "confidence": float(result.probs[result.pred]) if ok else None,
+        "subtype": result.item.subtype,
+        "metrics": None,
+        "error": error,
+    }
+
+
+def failed_image(result: Explanation, names: list[str], reason: str) -> Scored:
+    return Scored(_record(result, names, reason), result.item, None, None)
+
+
 def score_configurations(
     result: Explanation,
     engine: Engine,
@@ -120,22 +137,16 @@ def score_configurations(
     thresholds: dict[str, float | str],
     sweep: bool = False,
 ) -> Scored:
-    """Every configuration's map and every baseline of one image against its annotation, at the scoring size."""
-    names = engine.class_names
+    """Every configuration's map and every baseline of one image against its annotation, at the scoring size.
+    Raises InputError for an unusable annotation (the per-image boundary turns it into a failed record)."""
     item = result.item
-    record = _blank_record(item, result.error)
+    record = _record(result, engine.class_names, result.error)
     if not result.ok:
         return Scored(record, item, None, None)
-    record.update(pred=names[result.pred], confidence=float(result.probs[result.pred]))
     if settings.select == "correct" and record["pred"] != record["label"]:
         return Scored(record, item, None, None, excluded=True)
-    try:
-        annotation = annotation_mask(
-            item.annotation, result.orig_size, settings.resolution, engine.checkpoint.image_size
-        )
-    except InputError as exc:
-        record["error"] = str(exc)
-        return Scored(record, item, None, None)
+    model_size = engine.checkpoint.image_size
+    annotation = annotation_mask(item.annotation, result.orig_size, settings.resolution, model_size)
     size, mask = annotation.mask.shape, annotation.mask
     metrics, sweeps = {}, {}
     maps = [(name, lambda raw=raw: upsample_cam(raw, size)) for name, raw in result.maps.items()]
@@ -172,6 +183,7 @@ def tune_thresholds(engine: Engine, settings: CompareSettings, names: list[str])
         engine,
         val_items,
         lambda result: score_configurations(result, engine, settings, dict.fromkeys(names, 0.5), sweep=True),
+        lambda result, reason: failed_image(result, engine.class_names, reason),
         target=settings.target,
         quiet=settings.quiet,
         description="tuning on val",
@@ -229,13 +241,16 @@ def _grid_rows(scored: list[Scored], columns: list[str], settings: CompareSettin
     correct.sort(key=lambda s: (-s.record["confidence"], s.item.image_id))
     rows = []
     for s in correct[: settings.top]:
-        try:
-            pixels, size = load_image(s.item.path)
+
+        def read(item=s.item):
+            pixels, size = load_image(item.path)
             small = fit_long_side(pixels, GRID_LONG_SIDE)
-            mask = rasterize_annotation(s.item.annotation, *size, draw_size=small.shape[:2]).mask
-        except InputError as exc:
-            warn(f"{exc} (left out of the grid)", settings.quiet)
+            return small, rasterize_annotation(item.annotation, *size, draw_size=small.shape[:2]).mask
+
+        drawn = per_image(read, lambda reason: warn(f"{reason} (left out of the grid)", settings.quiet), s.item.path)
+        if drawn is None:
             continue
+        small, mask = drawn
         panels = []
         for name in columns:
             if name in s.maps:
@@ -267,6 +282,7 @@ def run_compare(settings: CompareSettings) -> CompareOutcome:
         engine,
         annotated,
         lambda result: score_configurations(result, engine, settings, thresholds),
+        lambda result, reason: failed_image(result, engine.class_names, reason),
         target=settings.target,
         quiet=settings.quiet,
         description=f"comparing {len(names)} configurations",

@@ -10,7 +10,7 @@ import numpy as np
 
 from btxrd_cam.data import find_images
 from btxrd_cam.engine import Engine, Explanation
-from btxrd_cam.errors import InputError
+from btxrd_cam.errors import per_image
 from btxrd_cam.maps import upsample_cam
 from btxrd_cam.pipeline import explain_items, open_engine
 from btxrd_cam.render import captioned, draw_outline, overlay, save_png
@@ -44,7 +44,9 @@ def _record(result: Explanation, engine: Engine, settings: ExplainSettings) -> d
         probs={n: float(p) for n, p in zip(names, result.probs, strict=True)},
         target=names[result.target],
     )
-    try:
+
+    def draw_and_score() -> dict:
+        done = dict(record)
         cam = upsample_cam(result.cam, result.orig_size)
         pixels = result.pixels
         if pixels.shape[:2] != result.orig_size:  # --fast-decode decoded a reduced image: draw at full size
@@ -55,26 +57,28 @@ def _record(result: Explanation, engine: Engine, settings: ExplainSettings) -> d
             annotation = annotation_mask(settings.annotation, result.orig_size, settings.resolution, model_size)
             size = annotation.mask.shape
             scored = cam if size == result.orig_size else upsample_cam(result.cam, size)
-            record["metrics"] = {
+            done["metrics"] = {
                 "threshold": settings.threshold,
                 "resolution": settings.resolution,
                 **score_map(scored, annotation.mask, settings.threshold),
             }
             if annotation.warnings:
-                record["metrics"]["warnings"] = annotation.warnings
+                done["metrics"]["warnings"] = annotation.warnings
             shown = draw_outline(shown, annotation.mask)
         del cam
-        caption = f"pred {record['pred']} ({record['confidence']:.2f})  target {record['target']}  {settings.method}"
+        caption = f"pred {done['pred']} ({done['confidence']:.2f})  target {done['target']}  {settings.method}"
         stem = result.item.path.stem
-        record["overlay"] = str(save_png(settings.out / f"{stem}_cam.png", captioned(shown, caption)))
+        done["overlay"] = str(save_png(settings.out / f"{stem}_cam.png", captioned(shown, caption)))
         if settings.save_heatmap:
             size = engine.checkpoint.image_size
             buffer = io.BytesIO()
             np.save(buffer, upsample_cam(result.cam, (size, size)).astype(np.float32))
-            record["heatmap"] = str(write_atomic(settings.out / f"{stem}_cam.npy", buffer.getvalue()))
-    except InputError as exc:
-        record["error"] = f"{settings.annotation.name}: {exc.reason}" if settings.annotation else exc.reason
-    return record
+            done["heatmap"] = str(write_atomic(settings.out / f"{stem}_cam.npy", buffer.getvalue()))
+        return done
+
+    return per_image(
+        draw_and_score, lambda reason: {**record, "error": reason}, settings.annotation or result.item.path
+    )
 
 
 def run_explain(settings: ExplainSettings) -> ExplainOutcome:

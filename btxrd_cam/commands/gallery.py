@@ -12,7 +12,7 @@ import numpy as np
 from btxrd_cam.console import warn
 from btxrd_cam.data import load_image
 from btxrd_cam.engine import Explanation
-from btxrd_cam.errors import InputError, UsageError
+from btxrd_cam.errors import UsageError, per_image
 from btxrd_cam.labelme import rasterize_annotation
 from btxrd_cam.pipeline import checkpoint_info, explain_items, failure_record, load_split, open_engine
 from btxrd_cam.render import Cell, gallery_figure, thumbnail_overlay
@@ -48,18 +48,21 @@ def select_examples(
 
 
 def _thumbnail(result: Explanation, quiet: bool) -> np.ndarray | None:
-    try:
+    """The overlay thumbnail (with the annotation outline where one exists); None, with a warning, when the image
+    cannot be read again; drawn without its outline when the annotation cannot be used."""
+
+    def outline(size) -> np.ndarray | None:
+        if result.item.annotation is None:
+            return None
+        path = result.item.annotation
+        warned = lambda reason: warn(f"{reason} (drawn without its outline)", quiet)  # noqa: E731
+        return per_image(lambda: rasterize_annotation(path, *size).mask, warned, path)
+
+    def draw():
         pixels, size = load_image(result.item.path)
-    except InputError as exc:
-        warn(f"{exc} (left out of the gallery)", quiet)
-        return None
-    mask = None
-    if result.item.annotation is not None:
-        try:
-            mask = rasterize_annotation(result.item.annotation, *size).mask
-        except InputError as exc:
-            warn(f"{exc} (drawn without its outline)", quiet)
-    return thumbnail_overlay(pixels, result.cam, mask, 0.4, THUMBNAIL_LONG_SIDE)
+        return thumbnail_overlay(pixels, result.cam, outline(size), 0.4, THUMBNAIL_LONG_SIDE)
+
+    return per_image(draw, lambda reason: warn(f"{reason} (left out of the gallery)", quiet), result.item.path)
 
 
 def run_gallery(settings: GallerySettings) -> GalleryOutcome:
