@@ -44,7 +44,7 @@ def decoders(paths) -> dict[str, float]:
         "Pillow RGB decode": per_image(lambda p: np.asarray(Image.open(p).convert("RGB")), paths),
         "OpenCV IMREAD_COLOR": per_image(lambda p: cv2.imread(str(p), cv2.IMREAD_COLOR), paths),
         "btxrd-cam exact (grey, replicated on use)": per_image(lambda p: load_image(p, keep_gray=True), paths),
-        "btxrd-cam --fast-decode (OpenCV reduced, >= 2x224)": per_image(
+        "btxrd-cam --fast-decode (Pillow draft, >= 2x224)": per_image(
             lambda p: load_image(p, keep_gray=True, draft_size=448), paths),
         "OpenCV IMREAD_REDUCED_GRAYSCALE_4": per_image(
             lambda p: cv2.imread(str(p), cv2.IMREAD_REDUCED_GRAYSCALE_4), paths),

@@ -210,9 +210,13 @@ def infer(
 ) -> None:
     """Batch predictions and metrics for a split or for images (JSONL on stdout)."""
     values = _values(locals())
-    from btxrd_cam.commands.infer import run_infer
 
-    _run(InferSettings, values, lambda s: _exit_code(run_infer(s).failed))
+    def action(settings):
+        from btxrd_cam.commands.infer import run_infer
+
+        return _exit_code(run_infer(settings).failed)
+
+    _run(InferSettings, values, action)
 
 
 @app.command("explain-image")
@@ -243,9 +247,13 @@ def explain_image(
 ) -> None:
     """A heatmap overlay and prediction for any radiograph (JSONL on stdout)."""
     values = _values(locals())
-    from btxrd_cam.commands.explain import run_explain
 
-    _run(ExplainSettings, values, lambda s: _exit_code(run_explain(s).failed))
+    def action(settings):
+        from btxrd_cam.commands.explain import run_explain
+
+        return _exit_code(run_explain(settings).failed)
+
+    _run(ExplainSettings, values, action)
 
 
 @app.command()
@@ -274,9 +282,10 @@ def gallery(
 ) -> None:
     """Per-class grids of true-positive / false-positive / false-negative Grad-CAM examples."""
     values = _values(locals())
-    from btxrd_cam.commands.gallery import run_gallery
 
     def action(settings):
+        from btxrd_cam.commands.gallery import run_gallery
+
         outcome = run_gallery(settings)
         sys.stdout.write(outcome.text)
         return _exit_code(outcome.failed)
@@ -314,9 +323,10 @@ def annotate_iou(
 ) -> None:
     """How well the heatmaps agree with the LabelMe tumour outlines (JSON report on stdout)."""
     values = _values(locals())
-    from btxrd_cam.commands.annotate import run_annotate
 
     def action(settings):
+        from btxrd_cam.commands.annotate import run_annotate
+
         outcome = run_annotate(settings)
         sys.stdout.write(outcome.text)
         if outcome.empty:
@@ -370,9 +380,10 @@ def compare(
 ) -> None:
     """Every CAM method x layer, and chance baselines, against the annotations in one pass (JSON on stdout)."""
     values = _values(locals())
-    from btxrd_cam.commands.compare import run_compare
 
     def action(settings):
+        from btxrd_cam.commands.compare import run_compare
+
         outcome = run_compare(settings)
         sys.stdout.write(outcome.text)
         if outcome.empty:
@@ -396,9 +407,10 @@ def demo(
     quiet: Quiet = False,
 ) -> None:
     """Write a synthetic BTXRD-layout project with a trained checkpoint (then `cd OUT_DIR && btxrd-cam gallery`)."""
-    from btxrd_cam.commands.demo import make_demo
 
     def action(settings):
+        from btxrd_cam.commands.demo import make_demo
+
         summary = make_demo(
             settings.out_dir,
             settings.seed,
@@ -424,7 +436,12 @@ def demo(
 
 
 def main() -> None:
-    app()
+    signal.signal(signal.SIGTERM, _terminate)  # from the start: a TERM during start-up exits 143 too
+    try:
+        app()
+    except Terminated:
+        typer.echo("btxrd-cam: terminated", err=True)
+        sys.exit(143)
 
 
 if __name__ == "__main__":

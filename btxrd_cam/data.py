@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import os
 import struct
 import warnings
@@ -66,6 +67,7 @@ SUBSETS = ("train", "val", "test")
 # Decoding more than this many pixels is refused per image, before anything is allocated: a 12,000 x 9,000 scan
 # (108 M) still loads; BTXRD's largest radiographs have ~12 M, a 43 x 35 cm DR detector at 100 um ~15 M.
 MAX_PIXELS = 120_000_000
+MAX_FILE_BYTES = 512 * 2**20
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
@@ -284,9 +286,16 @@ def load_image(
     if not path.is_file():
         raise InputError(path, "file not found")
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise InputError(path, f"file is {size / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES // 2**20} MB")
+        # decoded from memory: a chunk header that claims gigabytes makes a file object allocate them up front
+        # (Pillow reads a chunk by its declared length); an in-memory buffer returns only what the file holds
+        data = io.BytesIO(path.read_bytes())
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            warnings.simplefilter("ignore", UserWarning)  # "corrupt EXIF data" and the like: orientation is optional
+            with Image.open(data) as image:
                 width, height = image.size
                 if width * height > MAX_PIXELS:
                     raise InputError(path, f"image too large ({width}x{height} pixels; the limit is {MAX_PIXELS:,})")

@@ -7,21 +7,26 @@ import os
 import shutil
 from pathlib import Path
 
+import hypothesis
 import numpy as np
 import pytest
 import timm
 import torch
 from torch import nn
 
+from btxrd_cam.checkpoint import save_upstream_checkpoint
+from btxrd_cam.commands.demo import write_dataset
+from btxrd_cam.data import DEFAULT_CLASS_NAMES
 from btxrd_cam.errors import STRICT_ENV
+from btxrd_cam.settings import build_settings
 
 # Inside a batch, an unexpected exception would become one image's error record; in the tests it must surface.
 os.environ[STRICT_ENV] = "1"
 
-from btxrd_cam.checkpoint import save_upstream_checkpoint  # noqa: E402
-from btxrd_cam.commands.demo import write_dataset
-from btxrd_cam.data import DEFAULT_CLASS_NAMES
-from btxrd_cam.settings import build_settings
+# Fuzzing profiles: a few hundred examples per property in CI, thousands with `make fuzz`.
+hypothesis.settings.register_profile("ci", max_examples=200, deadline=5000, print_blob=True)
+hypothesis.settings.register_profile("fuzz", max_examples=5000, deadline=5000, print_blob=True)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 LABELME_SAMPLES = SHARED / "labelme-samples"

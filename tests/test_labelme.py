@@ -112,3 +112,71 @@ def test_malformed_files_are_input_errors_naming_file_and_reason(tmp_path, conte
     path.write_text(content)
     with pytest.raises(InputError, match=f"IMG000009.json: .*{reason}"):
         rasterize_annotation(path, 10, 10)
+
+
+def test_a_mask_box_far_larger_than_the_image_costs_only_the_image(tmp_path):
+    import tracemalloc
+
+    region = np.zeros((100, 100), np.uint8)
+    region[50:52, 50:52] = 255  # the box is 4,000 px: each PNG pixel covers 40 x 40 image pixels
+    shape = {"shape_type": "mask", "points": [[-2000, -2000], [1999, 1999]], "mask": _b64_png(region)}
+    tracemalloc.start()
+    mask = _single(shape, 600, 600).mask
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # the box spans 4,000 px: scaled to it the PNG would take 16 MB; only the image's 600 x 600 is sampled
+    assert peak < 4 * 2**20
+    assert mask[:80, :80].all() and mask.sum() == 80 * 80  # PNG pixels 50-51 cover image pixels 0-79
+
+
+def _b64_png(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-32"])
+def test_byte_order_marks_and_utf16_read(tmp_path, encoding):
+    path = tmp_path / "a.json"
+    text = json.dumps({"shapes": [{"shape_type": "rectangle", "points": [[1, 1], [2, 2]], "label": "é"}]})
+    path.write_bytes(text.encode(encoding))
+    assert rasterize_annotation(path, 5, 5).area == 4
+
+
+def test_other_encodings_say_so(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_bytes('{"shapes": [], "label": "\xe9"}'.encode("latin-1"))
+    with pytest.raises(InputError, match="a.json: not UTF-8"):
+        rasterize_annotation(path, 5, 5)
+
+
+@pytest.mark.parametrize("declared", [float("inf"), -5, 0, 12.5, "100", 10**12, None])
+def test_unusable_declared_sizes_are_ignored_with_a_warning(declared):
+    data = {"shapes": [{"shape_type": "rectangle", "points": [[1, 1], [2, 2]]}], "imageHeight": declared}
+    data["imageWidth"] = 5
+    annotation = rasterize_annotation(data, 5, 5)
+    assert annotation.area == 4  # drawn at the image's own size, unscaled
+    assert "not positive whole numbers" in annotation.warnings[0]
+
+
+@pytest.mark.parametrize(
+    "shape, reason",
+    [
+        ({"shape_type": "circle", "points": [[1, 1], [2, 2], [3, 3]]}, "'circle'.* has 3 point.s.; it needs 2"),
+        ({"shape_type": "oriented_rectangle", "points": [[1, 1], [2, 2]]}, "needs 4"),
+        ({"shape_type": "rectangle", "points": [[1, 1], [2, 2], [3, 3]]}, "needs 2 or 4"),
+        ({"shape_type": "polygon", "points": [[1, 1], [2, float("nan")], [3, 3]]}, "point 1 is not a pair of finite"),
+        ({"shape_type": "polygon", "points": [[1, 1], [2, True], [3, 3]]}, "point 1 is not a pair of finite"),
+        ({"shape_type": "polygon", "points": [[1, 1], [2, 2], [3e9, 3]]}, "point 2 .* lies more than 10 image sides"),
+        ({"shape_type": ["polygon"], "points": [[1, 1], [2, 2], [3, 3]]}, "unknown shape_type"),
+        ({"shape_type": "mask", "points": [[1, 1], [2, 2]], "mask": 7}, "no base64 PNG"),
+    ],
+)
+def test_shapes_that_do_not_fit_are_refused_with_the_reason(shape, reason):
+    with pytest.raises(InputError, match=reason):
+        rasterize_annotation({"shapes": [shape]}, 10, 10)
+
+
+def test_four_rectangle_corners_give_their_box():
+    mask = _single({"shape_type": "rectangle", "points": [[2, 3], [6, 3], [6, 8], [2, 8]]}, 20, 20).mask
+    assert mask.sum() == 5 * 6 and mask[3:9, 2:7].all()

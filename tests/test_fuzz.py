@@ -1,0 +1,242 @@
+"""Property-based fuzzing of what reads users' files: the LabelMe reader and rasteriser, and the image loader.
+
+The property: a mask of the image's size (or pixels of the image's size) or an InputError with a reason — never
+another exception, never more than a bounded time (hypothesis's deadline) and memory (tracemalloc's peak).
+`make fuzz` runs the long profile (HYPOTHESIS_PROFILE=fuzz); the default profile keeps CI fast.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from btxrd_cam.data import load_image
+from btxrd_cam.errors import InputError
+from btxrd_cam.labelme import rasterize_annotation
+from tests.conftest import LABELME_SAMPLES
+
+MEMORY_LIMIT = 256 * 2**20
+
+
+def _png_b64(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _bases() -> list[dict]:
+    bases = [json.loads((LABELME_SAMPLES / name).read_text()) for name in ("primitives.json", "apc2016_obj3.json")]
+    for base in bases:
+        base["imageData"] = None  # the embedded image is irrelevant to the mask and slows every example down
+    region = np.zeros((12, 20), np.uint8)
+    region[3:9, 4:16] = 255
+    bases.append(
+        {
+            "version": "5.2.1",
+            "imageHeight": 60,
+            "imageWidth": 80,
+            "shapes": [
+                {"shape_type": "polygon", "points": [[10, 10], [40, 12], [30, 40]], "label": "t"},
+                {"shape_type": "rectangle", "points": [[50, 5], [70, 25]], "label": "t"},
+                {"shape_type": "circle", "points": [[20, 45], [25, 50]], "label": "t"},
+                {"shape_type": "oriented_rectangle", "points": [[5, 5], [9, 5], [9, 9], [5, 9]], "label": "t"},
+                {"shape_type": "mask", "points": [[40, 30], [59, 41]], "mask": _png_b64(region), "label": "t"},
+            ],
+        }
+    )
+    return bases
+
+
+BASES = _bases()
+
+WEIRD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.sampled_from([float("inf"), float("-inf"), float("nan"), 1e308, -1e308, 2**63, -(2**31) - 1, 0, -1, 0.5]),
+    st.just(10**400),  # hundreds of digits: no float can hold it
+    st.integers(-(10**7), 10**7),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.just([]),
+    st.just({}),
+    st.just([[1, 2]] * 150_001),  # more points than any file may have
+    st.just([[1.0, 2.0], [50_000.0, 50_000.0]]),  # a box 50,000 px wide
+    st.lists(st.lists(st.floats(-1e6, 1e6), min_size=0, max_size=3), max_size=6),
+    st.sampled_from(["polygon", "rectangle", "circle", "mask", "point", "blob", "linestrip", "oriented_rectangle"]),
+    st.just("not base64 !!"),
+    st.just(_png_b64(np.full((4000, 4000), 255, np.uint8))),  # a PNG far larger than its image
+    st.just(base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30).decode()),  # a broken PNG
+)
+
+
+def _locations(node, found=None):
+    """Every (container, key) of the JSON tree, containers included, so any field can be replaced."""
+    found = [] if found is None else found
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found.append((node, key))
+            _locations(value, found)
+    elif isinstance(node, list) and len(node) < 64:
+        for index, value in enumerate(node):
+            found.append((node, index))
+            _locations(value, found)
+    return found
+
+
+def _weird(draw):
+    return copy.deepcopy(draw(WEIRD_VALUES))  # st.just() hands out one object: shared, it could form a cycle
+
+
+@st.composite
+def labelme_bytes(draw) -> bytes:
+    data = copy.deepcopy(draw(st.sampled_from(BASES)))
+    for _ in range(draw(st.integers(0, 4))):
+        places = _locations(data)
+        action = draw(st.sampled_from(["replace", "delete", "add", "shape"]))
+        if action == "shape":
+            data.setdefault("shapes", [])
+            if isinstance(data["shapes"], list):
+                shape = {"shape_type": _weird(draw), "points": _weird(draw), "mask": _weird(draw)}
+                data["shapes"].append(shape)
+            continue
+        if not places:
+            continue
+        container, key = places[draw(st.integers(0, len(places) - 1))]
+        if action == "replace":
+            container[key] = _weird(draw)
+        elif action == "delete" and isinstance(container, dict):
+            del container[key]
+        elif action == "add" and isinstance(container, dict):
+            container[draw(st.text(max_size=6))] = _weird(draw)
+    text = json.dumps(data)
+    form = draw(st.sampled_from(["plain", "plain", "truncated", "bom", "utf16", "deep", "garbage", "latin1"]))
+    if form == "truncated":
+        return text.encode()[: draw(st.integers(0, len(text)))]
+    if form == "bom":
+        return b"\xef\xbb\xbf" + text.encode()
+    if form == "utf16":
+        return text.encode("utf-16")
+    if form == "deep":
+        depth = draw(st.integers(1_000, 200_000))
+        return ("[" * depth + "]" * depth).encode() if draw(st.booleans()) else ('{"shapes": ' + "[" * depth).encode()
+    if form == "garbage":
+        return draw(st.binary(max_size=200))
+    if form == "latin1":
+        return text.replace("}", ', "x": "\u00e9\u00e8"}', 1).encode("latin-1", errors="replace")
+    return text.encode()
+
+
+def _bounded(fn):
+    tracemalloc.start()
+    try:
+        return fn()
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < MEMORY_LIMIT, f"peak {peak / 2**20:.0f} MB"
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+@given(content=labelme_bytes(), height=st.integers(1, 400), width=st.integers(1, 400), scaled=st.booleans())
+def test_labelme_files_give_a_mask_or_a_reason(tmp_path, content, height, width, scaled):
+    path = tmp_path / "IMG000001.json"
+    path.write_bytes(content)
+    draw_size = (max(1, height // 2), max(1, width // 3)) if scaled else None
+    try:
+        annotation = _bounded(lambda: rasterize_annotation(path, height, width, draw_size=draw_size))
+    except InputError as exc:
+        assert str(exc).startswith("IMG000001.json: ") and exc.reason and "\n" not in exc.reason
+        event(f"refused: {exc.reason.split(' (')[0][:40]}")
+        return
+    event("drawn" + (" with warnings" if annotation.warnings else ""))
+    assert annotation.mask.shape == (draw_size or (height, width)) and annotation.mask.dtype == bool
+    assert all(isinstance(w, str) for w in annotation.warnings)
+
+
+def _encoded(array: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.fromarray(array)
+    if fmt == "JPEG" and image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@st.composite
+def image_bytes(draw) -> bytes:
+    height, width = draw(st.integers(1, 40)), draw(st.integers(1, 40))
+    kind = draw(st.sampled_from(["L", "RGB", "RGBA", "I;16"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    if kind == "I;16":
+        array = rng.integers(0, 65535, (height, width), dtype=np.uint16)
+    else:
+        array = rng.integers(0, 255, (height, width, {"L": 1, "RGB": 3, "RGBA": 4}[kind]), dtype=np.uint8)
+        array = array[:, :, 0] if kind == "L" else array
+    fmt = draw(st.sampled_from(["PNG", "JPEG", "BMP", "TIFF"]))
+    if kind == "I;16" and fmt in ("JPEG", "BMP"):
+        fmt = "PNG"
+    data = bytearray(_encoded(array, fmt))
+    mutation = draw(st.sampled_from(["none", "truncate", "flip", "header", "prefix", "empty"]))
+    if mutation == "truncate":
+        data = data[: draw(st.integers(0, max(0, len(data) - 1)))]
+    elif mutation == "flip":
+        for _ in range(draw(st.integers(1, 8))):
+            at = draw(st.integers(0, len(data) - 1))
+            data[at] = draw(st.integers(0, 255))
+    elif mutation == "header":  # dimensions claiming far more pixels than the file holds
+        at = draw(st.integers(0, min(len(data) - 4, 64)))
+        data[at : at + 4] = draw(st.sampled_from([b"\x7f\xff\xff\xff", b"\x00\x01\x00\x00", b"\xff\xff\xff\xff"]))
+    elif mutation == "prefix":
+        data = bytearray(draw(st.binary(max_size=16))) + data
+    elif mutation == "empty":
+        data = bytearray()
+    return bytes(data)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(content=image_bytes(), suffix=st.sampled_from([".png", ".jpeg", ".bmp", ".tif"]), draft=st.booleans())
+def test_image_files_give_pixels_or_a_reason(tmp_path, content, suffix, draft):
+    path = tmp_path / f"IMG000001{suffix}"
+    path.write_bytes(content)
+    try:
+        pixels, size = _bounded(lambda: load_image(path, keep_gray=True, draft_size=8 if draft else None))
+    except InputError as exc:
+        assert exc.reason and "\n" not in exc.reason
+        event(f"refused: {exc.reason[:30]}")
+        return
+    event("decoded")
+    assert pixels.dtype == np.uint8 and pixels.ndim in (2, 3) and min(size) >= 1
+    if not draft:
+        assert pixels.shape[:2] == size
+
+
+def test_a_chunk_that_claims_gigabytes_allocates_nothing(tmp_path):
+    # found by the fuzzer: a 1x1 PNG whose IDAT length field says 285 MB made Pillow allocate it from the file
+    content = (
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x00\x00\x00\x00:~\x9bU"
+        b"\x11\x00\x00\nIDATx\x9cc\x88\x03\x00\x00`\x00_9\xf4]\x12\x00\x00\x00\x00IEND\xaeB`\x82"
+    )
+    path = tmp_path / "x.png"
+    path.write_bytes(content)
+    pixels, size = _bounded(lambda: load_image(path))  # the pixels it does hold decode, within bounded memory
+    assert size == (1, 1) and pixels.shape == (1, 1, 3)
+
+
+def test_a_truncated_jpeg_is_refused_on_every_decode_path(tmp_path):
+    rng = np.random.default_rng(0)
+    array = (rng.random((600, 800)) * 255).astype(np.uint8)
+    data = _encoded(array, "JPEG")
+    path = tmp_path / "cut.jpeg"
+    path.write_bytes(data[: len(data) // 2])
+    for draft in (None, 64):
+        with pytest.raises(InputError, match="truncated"):
+            load_image(path, keep_gray=True, draft_size=draft)
