@@ -20,6 +20,7 @@ from btxrd_cam.errors import BtxrdCamError, Terminated, UsageError
 from btxrd_cam.settings import (
     ANNOTATE_RESOLUTION,
     COMPARE_RESOLUTION,
+    SANITY_METHODS,
     SINGLE_PASS_METHODS,
     AnnotateSettings,
     CompareSettings,
@@ -27,6 +28,7 @@ from btxrd_cam.settings import (
     ExplainSettings,
     GallerySettings,
     InferSettings,
+    SanitySettings,
     build_settings,
     default_checkpoint,
 )
@@ -394,6 +396,50 @@ def compare(
         return _exit_code(outcome.failed, "image(s) or annotation(s)")
 
     _run(CompareSettings, values, action)
+
+
+@app.command()
+def sanity(
+    methods: Annotated[str, typer.Option(help="Comma-separated CAM methods, or all.")] = ",".join(SANITY_METHODS),
+    images: Annotated[str, typer.Option(metavar="INT", help="Images from the split, balanced by class.")] = "48",
+    order: Annotated[str, typer.Option(help="cascading (steps 1..k at step k) or independent (step k alone).")] = (
+        "cascading"
+    ),
+    road: Annotated[bool, typer.Option("--road/--no-road", help="ROAD faithfulness (the slow part).")] = True,
+    road_images: Annotated[
+        str, typer.Option("--road-images", metavar="INT", help="Images ROAD scores (the first chosen).")
+    ] = "16",
+    against: Annotated[
+        Path | None, typer.Option(help="A second checkpoint: do two trainings look at the same place?")
+    ] = None,
+    seed: Annotated[str, typer.Option(metavar="INT", help="Seed of the images, the weights and the pairs.")] = "0",
+    out: Out = Path("results/gradcam"),
+    ckpt: Ckpt = None,
+    arch: Arch = None,
+    class_names: ClassNames = None,
+    target_layer: TargetLayer = None,
+    device: Device = "auto",
+    batch_size: BatchSize = "16",
+    workers: Workers = None,
+    amp: Amp = False,
+    fast_decode: FastDecode = False,
+    data_root: DataRoot = Path("data_raw"),
+    splits_dir: SplitsDir = Path("data/splits"),
+    split: Split = None,
+    subset: Subset = "test",
+    quiet: Quiet = False,
+) -> None:
+    """Do the maps depend on the model? Weight randomisation, ROAD faithfulness, reproducibility (JSON on stdout)."""
+    values = _values(locals())
+
+    def action(settings):
+        from btxrd_cam.commands.sanity import run_sanity
+
+        outcome = run_sanity(settings)
+        sys.stdout.write(outcome.text)
+        return _exit_code(outcome.failed)
+
+    _run(SanitySettings, values, action)
 
 
 @app.command()

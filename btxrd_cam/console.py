@@ -139,3 +139,47 @@ def comparison_table(report: dict, rank_by: str):
             style="dim" if name in baselines else "bold" if name == reference else None,
         )
     return table
+
+
+def sanity_table(report: dict):
+    """sanity's verdicts as a rich table: with every step randomised, each method's mean similarity to the trained
+    map against the reference level, the verdict, where it first reaches the reference, and ROAD."""
+    from rich.table import Table
+
+    last = report["steps"][-1] if report["steps"] else "—"
+    table = Table(
+        title=f"Do the maps depend on the model? ({len(report['images'])} images, {report['settings']['order']})",
+        caption=f"similarity to the trained map with every step up to '{last}' randomised; reference: the trained "
+        "maps of unrelated images (upper end of the 95% CI). ROAD: higher is more faithful.",
+    )
+    for column in ("method", "Spearman", "ref ≤", "verdict", "SSIM", "ref ≤", "verdict", "reaches ref at", "ROAD"):
+        table.add_column(column, justify="left" if column in ("method", "verdict", "reaches ref at") else "right")
+    road = (report.get("road") or {}).get("rows", {})
+    for method, body in report["methods"].items():
+        final = body["per_step"][-1] if body["per_step"] else {}
+        cells = []
+        for measure in ("spearman", "ssim"):
+            upper = (report["reference"][method][measure]["ci95"] or [None, None])[1]
+            verdict = body["verdict"][measure] or "—"
+            style = "green" if verdict == "passes" else "red" if verdict == "fails" else ""
+            mean = (final.get(measure) or {}).get("mean")
+            cells += [_fmt(mean), _fmt(upper), f"[{style}]{verdict}[/]" if style else verdict]
+        reaches = body["reaches_reference_at"]
+        where = (
+            reaches["spearman"]
+            if reaches["spearman"] == reaches["ssim"]
+            else f"{reaches['spearman']} / {reaches['ssim']}"
+        )
+        table.add_row(method, *cells, str(where or "never"), _fmt((road.get(method) or {}).get("mean")))
+    control = report.get("control") or {}
+    if control.get("per_step"):
+        final = control["per_step"][-1]
+        spearman_mean, ssim_mean = _fmt(final["spearman"]["mean"]), _fmt(final["ssim"]["mean"])
+        road_mean = _fmt((road.get(control["name"]) or {}).get("mean"))
+        table.add_row(
+            f"{control['name']} (control)", spearman_mean, "", "", ssim_mean, "", "", "", road_mean, style="dim"
+        )
+    for name in ("centre", "noise"):
+        if name in road:
+            table.add_row(f"{name} (control)", *[""] * 7, _fmt(road[name]["mean"]), style="dim")
+    return table

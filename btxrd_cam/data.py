@@ -317,12 +317,14 @@ def load_image(
                     pixels = np.asarray(image.convert("RGB"))
     except InputError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise InputError(path, f"image too large ({exc})") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(path, f"image too large ({one_line(exc, 120)})") from None
     except Image.UnidentifiedImageError:
         raise InputError(path, "not an image file Pillow can read") from None
     except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
         raise InputError(path, f"unreadable image ({one_line(exc, 120)})") from None
+    except Exception as exc:  # the decoder's boundary: whatever a malformed file makes a plugin raise
+        raise InputError(path, f"unreadable image ({type(exc).__name__}: {one_line(exc, 120)})") from None
     if pixels.ndim == 2 and not keep_gray:
         pixels = np.repeat(pixels[:, :, None], 3, axis=2)
     return np.ascontiguousarray(pixels), (height, width)

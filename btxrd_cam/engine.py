@@ -81,8 +81,9 @@ class Explanation:
     logits, probs: float32 [C]; pred, target: class indices; maps: {configuration name: float32 [h, w] in [0, 1]}
     — the raw map on the layer's feature grid (model resolution for the library-path methods); cam: the first
     configuration's map; model_pixels: uint8 [S, S] or [S, S, 3], the image as resized for the model (before
-    normalisation); orig_size: (H, W) of the decoded original; pixels: uint8 [H, W] or [H, W, 3], only when the
-    caller asked to keep them. A failed image has `error` and nothing else.
+    normalisation); tensor: float32 [3, S, S], the model's input, only when the caller asked to keep it (to run
+    other models on it without decoding again); orig_size: (H, W) of the decoded original; pixels: uint8 [H, W] or
+    [H, W, 3], only when the caller asked to keep them. A failed image has `error` and nothing else.
     """
 
     index: int
@@ -95,6 +96,7 @@ class Explanation:
     cam: np.ndarray | None = None
     maps: dict[str, np.ndarray] = field(default_factory=dict)
     model_pixels: np.ndarray | None = None
+    tensor: np.ndarray | None = None
     pixels: np.ndarray | None = None
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
@@ -388,10 +390,12 @@ class Engine:
         cams: bool = True,
         keep_pixels: bool = False,
         on_image: Callable[[Explanation], None] | None = None,
+        keep_tensors: bool = False,
     ) -> Iterator[Explanation]:
         """Explain images in order, one Explanation per item; failures become records with `error`.
 
         target: "pred", "true" (the item's label) or a class name. cams=False skips the CAMs (plain inference).
+        keep_tensors: keep each image's model input in its Explanation.
         """
         items = list(items)
         fixed = None if target in ("pred", "true") else self.class_index(target)
@@ -405,6 +409,7 @@ class Engine:
                     result.error = dec
                     continue
                 result.orig_size, result.pixels, result.model_pixels = dec.orig_size, dec.pixels, dec.model_pixels
+                result.tensor = dec.tensor if keep_tensors else None
                 wanted = fixed
                 if target == "true":
                     label = result.item.label

@@ -7,7 +7,9 @@ that EfficientNet, ResNet, ConvNeXt and DenseNet need no special case. Not for: 
 
 from __future__ import annotations
 
+import contextlib
 import re
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -122,27 +124,33 @@ def resolve_target_layer(model: nn.Module, image_size: int = 224) -> str:
     return outermost
 
 
+def _has_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
 def stage_container(model: nn.Module) -> str | None:
-    """The child of the model that holds its stages (EfficientNet `blocks`, ConvNeXt `stages`): a sequence of
-    at least two modules holding most of the model's parameters. None when the stages are top-level (ResNet)."""
+    """The child of the model that holds its stages (EfficientNet `blocks`, ConvNeXt `stages`): the sequence of at
+    least three modules holding the most parameters, if that is over a quarter of the model's. None when the stages
+    are top-level (ResNet)."""
     total = sum(p.numel() for p in model.parameters()) or 1
-    for name, child in model.named_children():
-        is_sequence = isinstance(child, (nn.Sequential, nn.ModuleList)) and len(child) >= 2
-        if is_sequence and sum(p.numel() for p in child.parameters()) > total / 2:
-            return name
-    return None
+    sizes = {
+        name: sum(p.numel() for p in child.parameters())
+        for name, child in model.named_children()
+        if isinstance(child, (nn.Sequential, nn.ModuleList)) and len(child) >= 3
+    }
+    best = max(sizes, key=sizes.get, default=None)
+    return best if best is not None and sizes[best] > total / 4 else None
 
 
 def stage_names(model: nn.Module) -> list[str]:
-    """The model's stages in forward order: the children of its stage container (`blocks.0` … `blocks.6`), or
-    the top-level sequences holding parameters (ResNet `layer1` … `layer4`). [] when neither exists."""
+    """The model's stages in forward order: the children of its stage container that hold parameters (`blocks.0`
+    … `blocks.6`), or the top-level sequences holding parameters (ResNet `layer1` … `layer4`); [] when neither."""
     container = stage_container(model)
     if container is not None:
-        return [f"{container}.{name}" for name, _ in getattr(model, container).named_children()]
+        children = getattr(model, container).named_children()
+        return [f"{container}.{name}" for name, child in children if _has_parameters(child)]
     return [
-        name
-        for name, child in model.named_children()
-        if isinstance(child, nn.Sequential) and len(child) >= 1 and any(True for _ in child.parameters())
+        name for name, child in model.named_children() if isinstance(child, nn.Sequential) and _has_parameters(child)
     ]
 
 
@@ -195,3 +203,67 @@ def layer_grids(model: nn.Module, names: list[str], image_size: int, option: str
             )
         grids[name] = (int(output.shape[-2]), int(output.shape[-1]))
     return grids
+
+
+def classifier_name(model: nn.Module) -> str | None:
+    """The module that computes the logits: timm's `get_classifier()`, else the last Linear layer; None if neither
+    is found (or it has no parameters)."""
+    named = dict(model.named_modules())
+    getter = getattr(model, "get_classifier", None)
+    if callable(getter):
+        with contextlib.suppress(Exception):
+            classifier = getter()
+            found = next((name for name, module in named.items() if module is classifier and name), None)
+            if found and any(True for _ in classifier.parameters()):
+                return found
+    linears = [name for name, module in named.items() if isinstance(module, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+@dataclass(frozen=True)
+class RandomisationStep:
+    """One step of the model parameter randomisation test: a name and the modules it re-initialises."""
+
+    name: str
+    modules: tuple[str, ...]
+
+
+def randomisation_steps(model: nn.Module, image_size: int = 224) -> tuple[list[RandomisationStep], str | None]:
+    """The model's parts from the top down (Adebayo et al. 2018): the classifier, the head (what runs between the
+    last stage and the classifier: EfficientNet `conv_head` + `bn2`), each stage from the last to the first
+    (`blocks.6` … `blocks.0`; ResNet `layer4` … `layer1`), then the stem (what runs before the first stage).
+
+    Found generically from the module tree and one dummy forward. Returns (steps, fallback): when no classifier or
+    no stages are recognisable, the steps are the top-level modules holding parameters in reverse forward order, and
+    `fallback` says so.
+    """
+    classifier, stages = classifier_name(model), stage_names(model)
+    leaves = {
+        name: module
+        for name, module in model.named_modules()
+        if name and any(True for _ in module.parameters(recurse=False))
+    }
+    called = list(_dummy_forward(model, image_size, leaves))  # forward order of the modules that hold weights
+    if classifier is None or not stages:
+        top = [name for name, child in model.named_children() if any(True for _ in child.parameters())]
+        order = {name: min((i for i, leaf in enumerate(called) if _under(leaf, name)), default=-1) for name in top}
+        reason = "no recognisable classifier" if classifier is None else "no recognisable stages"
+        steps = [RandomisationStep(name, (name,)) for name in sorted(top, key=lambda n: -order[n])]
+        return steps, f"{reason}: randomising the top-level modules in reverse forward order instead"
+    first = min(i for i, leaf in enumerate(called) if any(_under(leaf, s) for s in stages))
+    last = max(i for i, leaf in enumerate(called) if any(_under(leaf, s) for s in stages))
+    outside = [(i, leaf) for i, leaf in enumerate(called) if not any(_under(leaf, s) for s in stages)]
+    outside = [(i, leaf) for i, leaf in outside if not _under(leaf, classifier)]
+    head = tuple(leaf for i, leaf in outside if i > last)
+    stem = tuple(leaf for i, leaf in outside if i < first)
+    steps = [RandomisationStep("classifier", (classifier,))]
+    if head:
+        steps.append(RandomisationStep("head", head))
+    steps += [RandomisationStep(stage, (stage,)) for stage in reversed(stages)]
+    if stem:
+        steps.append(RandomisationStep("stem", stem))
+    return steps, None
+
+
+def _under(name: str, parent: str) -> bool:
+    return name == parent or name.startswith(parent + ".")

@@ -98,12 +98,14 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """
     from scipy.stats import rankdata
 
+    if np.array_equal(a, b):
+        return 1.0  # exactly: identical maps must not read 0.9999999999999999
     x, y = rankdata(a.ravel()), rankdata(b.ravel())
     x -= x.mean()
     y -= y.mean()
     denominator = float(np.sqrt((x * x).sum() * (y * y).sum()))
     if denominator == 0:
-        return 1.0 if np.array_equal(a, b) else 0.0
+        return 0.0
     return float(np.clip((x * y).sum() / denominator, -1.0, 1.0))
 
 
@@ -112,6 +114,8 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     than scikit-image's 7-pixel window use the largest odd window that fits (at least 3 pixels)."""
     from skimage.metrics import structural_similarity
 
+    if np.array_equal(a, b):
+        return 1.0
     side = min(a.shape)
     window = min(7, side if side % 2 else side - 1)
     if window < 3:

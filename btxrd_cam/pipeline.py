@@ -81,11 +81,13 @@ def explain_items(
     description: str = "explaining",
     each: Callable[[Explanation], object] | None = None,
     keep_pixels: bool = False,
+    keep_tensors: bool = False,
 ) -> list:
     """One engine pass over the items with a progress bar; returns `each(result)` per image (or the results)."""
     kept = []
     with progress(len(items), description, quiet) as advance:
-        for result in engine.run(items, target=target, cams=cams, keep_pixels=keep_pixels):
+        run = engine.run(items, target=target, cams=cams, keep_pixels=keep_pixels, keep_tensors=keep_tensors)
+        for result in run:
             kept.append(each(result) if each else result)
             advance()
     return kept

@@ -225,3 +225,64 @@ def comparison_grid(rows: list[dict], columns: list[str], path: Path, dpi: int =
             axes[r][c].set_title(f"{panel['name']}\nPxAP {pxap}", fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, dpi)
+
+
+def sanity_curves(report: dict, path: Path, dpi: int = 120) -> Path:
+    """Similarity to the trained map against the randomisation step (named on the x axis): a line per method with
+    its CI band, the reference level (unrelated images' maps, the range over methods) as a grey band, the control
+    dashed; one panel per measure."""
+    steps = report["steps"]
+    measures = ("spearman", "ssim")
+    labels = {"spearman": "Spearman rank correlation", "ssim": "SSIM"}
+    fig, axes = plt.subplots(1, 2, figsize=(max(9.0, 0.75 * len(steps) + 5), 4.4), squeeze=False)
+    xs = np.arange(len(steps))
+    for ax, measure in zip(axes[0], measures, strict=True):
+        cis = [r[measure]["ci95"] for r in report["reference"].values() if r[measure]["ci95"]]
+        if cis:
+            low, high = min(c[0] for c in cis), max(c[1] for c in cis)
+            ax.axhspan(low, high, color="0.85", label="reference: unrelated images (95% CI)")
+        for method, body in report["methods"].items():
+            means = [row[measure]["mean"] for row in body["per_step"]]
+            lows = [(row[measure]["ci95"] or [m, m])[0] for row, m in zip(body["per_step"], means, strict=True)]
+            highs = [(row[measure]["ci95"] or [m, m])[1] for row, m in zip(body["per_step"], means, strict=True)]
+            (line,) = ax.plot(xs, means, marker="o", ms=3, lw=1.4, label=method)
+            ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15)
+        control = report.get("control") or {}
+        if control.get("per_step"):
+            ax.plot(xs, [row[measure]["mean"] for row in control["per_step"]], ls="--", color="k", lw=1.2,
+                    label=f"control: {control['name']} (model-independent)")  # fmt: skip
+        ax.set_xticks(xs)
+        ax.set_xticklabels(steps, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(f"{labels[measure]} to the trained map", fontsize=9)
+        ax.set_xlabel(f"randomised ({report['settings']['order']}), top down", fontsize=9)
+        ax.set_ylim(min(-0.1, ax.get_ylim()[0]), 1.05)
+        ax.grid(color="0.92")
+    axes[0][1].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"Model parameter randomisation — {len(report['images'])} images, layer {report['settings']['layer']}",
+                 fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    return save_figure(fig, path, dpi)
+
+
+def sanity_maps(maps: dict[str, list[np.ndarray]], columns: list[str], titles: list[str], path: Path, dpi=90) -> Path:
+    """For each example image, each method's map (a row) at every step (a column): maps[method][column] is
+    float32 [images, S, S]."""
+    methods = list(maps)
+    images = len(titles)
+    fig, axes = plt.subplots(
+        max(1, images * len(methods)), len(columns), figsize=(1.25 * len(columns), 1.3 * images * len(methods)),
+        squeeze=False,
+    )  # fmt: skip
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for i, title in enumerate(titles):
+        for m, method in enumerate(methods):
+            row = i * len(methods) + m
+            for c, column in enumerate(columns):
+                axes[row][c].imshow(maps[method][c][i], cmap="jet", vmin=0, vmax=1)
+                if row == 0:
+                    axes[row][c].set_title(column, fontsize=7, rotation=30)
+            axes[row][0].set_ylabel(f"{title}\n{method}" if m == 0 else method, fontsize=6)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi)

@@ -320,6 +320,26 @@ class CompareSettings(ModelSettings, SplitSettings, OutputSettings):
     top: Count = 4
 
 
+SANITY_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "eigencam")
+
+
+class SanitySettings(ModelSettings, SplitSettings, OutputSettings):
+    methods: Annotated[list[str], _names(METHOD_NAMES, "all")] = list(SANITY_METHODS)
+    images: Count = 48
+    order: Annotated[str, _choice("cascading", "independent")] = "cascading"
+    road: bool = True
+    road_images: Count = 16
+    against: Path | None = None
+    seed: Annotated[int, _int_at_least(0)] = 0
+
+    @field_validator("against")
+    @classmethod
+    def _against_is_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError("no such checkpoint file")
+        return value
+
+
 class DemoSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -28,7 +28,7 @@ def invoke(args, cwd=None):
 def test_help_lists_every_command_with_a_description_and_version():
     result = invoke(["--help"])
     assert result.exit_code == 0
-    for command in ("gallery", "annotate-iou", "explain-image", "infer", "compare", "demo"):
+    for command in ("gallery", "annotate-iou", "explain-image", "infer", "compare", "sanity", "demo"):
         assert command in result.output
     assert invoke(["--version"]).output.strip() == f"btxrd-cam {__version__}"
 
@@ -77,6 +77,20 @@ def test_compare_end_to_end_names_the_winner_for_jq(tiny_project):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("btxrd-cam: error: --methods: got gradcam,nope; unknown nope")
     assert lines[1].startswith("btxrd-cam: error: --rank-by: got auc; must be one of pxap, iou")
+
+
+def test_sanity_end_to_end(tiny_project):
+    result = invoke(["sanity", "--images", "4", "--road-images", "1", "--methods", "gradcam,eigencam"], cwd=tiny_project)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report == json.loads((tiny_project / "results/gradcam/sanity_report.json").read_text())
+    assert set(report["methods"]) == {"gradcam", "eigencam"} and len(report["images"]) == 4
+    result = invoke(["sanity", "--images", "0", "--order", "sideways", "-q"], cwd=tiny_project)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "btxrd-cam: error: --images: got 0; must be a whole number ≥ 1",
+        "btxrd-cam: error: --order: got sideways; must be one of cascading, independent",
+    ]
 
 
 def test_infer_jsonl_parses_line_by_line_and_failures_exit_1(tiny_project):
