@@ -80,7 +80,9 @@ def test_compare_end_to_end_names_the_winner_for_jq(tiny_project):
 
 
 def test_sanity_end_to_end(tiny_project):
-    result = invoke(["sanity", "--images", "4", "--road-images", "1", "--methods", "gradcam,eigencam"], cwd=tiny_project)
+    result = invoke(
+        ["sanity", "--images", "4", "--road-images", "1", "--methods", "gradcam,eigencam"], cwd=tiny_project
+    )
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report == json.loads((tiny_project / "results/gradcam/sanity_report.json").read_text())
