@@ -113,6 +113,9 @@ Split = Annotated[
 ]
 Subset = Annotated[str, typer.Option(help="train, val or test.", rich_help_panel=DATA)]
 Out = Annotated[Path, typer.Option("--out", "-O", help="Output directory.")]
+Images = Annotated[
+    bool, typer.Option("--images/--no-images", help="Write a small overlay per scored image to <out>/images/.")
+]
 Resolution = Annotated[
     str,
     typer.Option(
@@ -303,6 +306,7 @@ def annotate_iou(
     select: Annotated[str, typer.Option(help="all, or correct (correctly classified only).")] = "all",
     top: Annotated[str, typer.Option(metavar="INT", help="Rows of the comparison figure.")] = "5",
     resolution: Resolution = str(ANNOTATE_RESOLUTION),
+    images: Images = True,
     out: Out = Path("results/gradcam"),
     ckpt: Ckpt = None,
     arch: Arch = None,
@@ -362,6 +366,7 @@ def compare(
         str, typer.Option("--rank-by", help="pxap, iou, dice, pointing_game or energy_pointing_game.")
     ] = "pxap",
     top: Annotated[str, typer.Option(metavar="INT", help="Images in the example grid.")] = "4",
+    images: Images = True,
     out: Out = Path("results/gradcam"),
     ckpt: Ckpt = None,
     arch: Arch = None,

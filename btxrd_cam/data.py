@@ -330,6 +330,16 @@ def load_image(
     return np.ascontiguousarray(pixels), (height, width)
 
 
+def fit_long_side(pixels: np.ndarray, long_side: int) -> np.ndarray:
+    """Downscale (never up) so the longer side is at most `long_side`, keeping the aspect ratio (INTER_AREA)."""
+    height, width = pixels.shape[:2]
+    scale = long_side / max(height, width)
+    if scale >= 1:
+        return pixels
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+
+
 def resize_for_model(pixels: np.ndarray, image_size: int) -> np.ndarray:
     """The upstream test transform's resize: INTER_LINEAR to a square. uint8 [H, W(, 3)] → uint8 [S, S(, 3)]."""
     return cv2.resize(pixels, (image_size, image_size), interpolation=cv2.INTER_LINEAR)

@@ -40,7 +40,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from threadpoolctl import threadpool_limits
 
 from btxrd_cam.checkpoint import Checkpoint
-from btxrd_cam.data import ImageItem, load_image, normalize_pixels, resize_for_model
+from btxrd_cam.data import ImageItem, fit_long_side, load_image, normalize_pixels, resize_for_model
 from btxrd_cam.errors import InputError, UsageError, per_image
 from btxrd_cam.layers import get_layer, layer_grids
 
@@ -82,7 +82,8 @@ class Explanation:
     — the raw map on the layer's feature grid (model resolution for the library-path methods); cam: the first
     configuration's map; model_pixels: uint8 [S, S] or [S, S, 3], the image as resized for the model (before
     normalisation); tensor: float32 [3, S, S], the model's input, only when the caller asked to keep it (to run
-    other models on it without decoding again); orig_size: (H, W) of the decoded original; pixels: uint8 [H, W] or
+    other models on it without decoding again); thumbnail: uint8 [h, w(, 3)], the image downscaled for drawing,
+    only when asked; orig_size: (H, W) of the decoded original; pixels: uint8 [H, W] or
     [H, W, 3], only when the caller asked to keep them. A failed image has `error` and nothing else.
     """
 
@@ -97,6 +98,7 @@ class Explanation:
     maps: dict[str, np.ndarray] = field(default_factory=dict)
     model_pixels: np.ndarray | None = None
     tensor: np.ndarray | None = None
+    thumbnail: np.ndarray | None = None
     pixels: np.ndarray | None = None
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
@@ -152,6 +154,7 @@ class _Decoded:
     model_pixels: np.ndarray
     orig_size: tuple[int, int]
     pixels: np.ndarray | None
+    thumbnail: np.ndarray | None
 
 
 class Engine:
@@ -352,30 +355,34 @@ class Engine:
 
     # ---- files -------------------------------------------------------------------------------------------
 
-    def decode(self, item: ImageItem, keep_pixels: bool = False) -> _Decoded:
-        """Decode and preprocess one image (the upstream test transform); InputError if it cannot be used."""
+    def decode(self, item: ImageItem, keep_pixels: bool = False, thumbnail: int | None = None) -> _Decoded:
+        """Decode and preprocess one image (the upstream test transform); InputError if it cannot be used.
+        thumbnail: also keep the image downscaled to this long side (for drawing, from the same decode)."""
         size = self.checkpoint.image_size
         pixels, orig_size = load_image(item.path, keep_gray=True, draft_size=2 * size if self.fast_decode else None)
         if min(pixels.shape[:2]) < 2:
             raise InputError(item.path, f"image too small ({pixels.shape[1]}x{pixels.shape[0]} pixels)")
         resized = resize_for_model(pixels, size)
         tensor = normalize_pixels(resized, self.checkpoint.mean, self.checkpoint.std)
-        return _Decoded(tensor, resized, orig_size, pixels if keep_pixels else None)
+        small = fit_long_side(pixels, thumbnail) if thumbnail else None
+        return _Decoded(tensor, resized, orig_size, pixels if keep_pixels else None, small)
 
-    def _decode_or_error(self, item: ImageItem, keep_pixels: bool) -> _Decoded | str:
+    def _decode_or_error(self, item: ImageItem, keep_pixels: bool, thumbnail: int | None) -> _Decoded | str:
         """The decoded image, or the reason it cannot be used (the record names the file)."""
-        return per_image(lambda: self.decode(item, keep_pixels), lambda reason: reason, item.path, named=False)
+        work = lambda: self.decode(item, keep_pixels, thumbnail)  # noqa: E731
+        return per_image(work, lambda reason: reason, item.path, named=False)
 
-    def _decoded_batches(self, items: list[ImageItem], keep_pixels: bool):
+    def _decoded_batches(self, items: list[ImageItem], keep_pixels: bool, thumbnail: int | None):
         chunks = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
         if self.workers == 0:
             for chunk in chunks:
-                yield chunk, [self._decode_or_error(item, keep_pixels) for item in chunk]
+                yield chunk, [self._decode_or_error(item, keep_pixels, thumbnail) for item in chunk]
             return
         with ThreadPoolExecutor(self.workers) as pool:
             pending: deque = deque()
             for chunk in chunks:  # decode batch i+1 while the model runs batch i
-                pending.append((chunk, [pool.submit(self._decode_or_error, it, keep_pixels) for it in chunk]))
+                futures = [pool.submit(self._decode_or_error, it, keep_pixels, thumbnail) for it in chunk]
+                pending.append((chunk, futures))
                 if len(pending) > 1:
                     done_chunk, futures = pending.popleft()
                     yield done_chunk, [f.result() for f in futures]
@@ -391,16 +398,18 @@ class Engine:
         keep_pixels: bool = False,
         on_image: Callable[[Explanation], None] | None = None,
         keep_tensors: bool = False,
+        thumbnail: int | None = None,
     ) -> Iterator[Explanation]:
         """Explain images in order, one Explanation per item; failures become records with `error`.
 
         target: "pred", "true" (the item's label) or a class name. cams=False skips the CAMs (plain inference).
-        keep_tensors: keep each image's model input in its Explanation.
+        keep_tensors: keep each image's model input in its Explanation; thumbnail: keep the image downscaled to
+        this long side (drawn from the same decode: nothing is read twice).
         """
         items = list(items)
         fixed = None if target in ("pred", "true") else self.class_index(target)
         index = 0
-        for chunk, decoded in self._decoded_batches(items, keep_pixels):
+        for chunk, decoded in self._decoded_batches(items, keep_pixels, thumbnail):
             results = [Explanation(index=index + i, item=item) for i, item in enumerate(chunk)]
             index += len(chunk)
             good, targets = [], []
@@ -410,6 +419,7 @@ class Engine:
                     continue
                 result.orig_size, result.pixels, result.model_pixels = dec.orig_size, dec.pixels, dec.model_pixels
                 result.tensor = dec.tensor if keep_tensors else None
+                result.thumbnail = dec.thumbnail
                 wanted = fixed
                 if target == "true":
                     label = result.item.label

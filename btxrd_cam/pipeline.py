@@ -82,11 +82,14 @@ def explain_items(
     each: Callable[[Explanation], object] | None = None,
     keep_pixels: bool = False,
     keep_tensors: bool = False,
+    thumbnail: int | None = None,
 ) -> list:
     """One engine pass over the items with a progress bar; returns `each(result)` per image (or the results)."""
     kept = []
     with progress(len(items), description, quiet) as advance:
-        run = engine.run(items, target=target, cams=cams, keep_pixels=keep_pixels, keep_tensors=keep_tensors)
+        run = engine.run(
+            items, target=target, cams=cams, keep_pixels=keep_pixels, keep_tensors=keep_tensors, thumbnail=thumbnail
+        )
         for result in run:
             kept.append(each(result) if each else result)
             advance()
@@ -101,6 +104,7 @@ def explain_and_score(
     target: str = "pred",
     quiet: bool = False,
     description: str = "scoring",
+    thumbnail: int | None = None,
 ) -> list[T]:
     """One engine pass over the items; `score(result)` runs in a thread beside the engine, so the next batch does
     not wait for megapixel scoring, inside the per-image boundary: an image whose annotation (or anything else)
@@ -120,6 +124,7 @@ def explain_and_score(
                 quiet=quiet,
                 description=description,
                 each=lambda result: scorer.submit(guarded, result),
+                thumbnail=thumbnail,
             )
             return [future.result() for future in futures]
         except BaseException:  # an interrupt: drop what has not started, so the exit is prompt

@@ -6,7 +6,9 @@ Files are encoded in memory and written atomically; matplotlib figures are close
 
 from __future__ import annotations
 
+import hashlib
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,20 +19,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from btxrd_cam.data import fit_long_side  # noqa: E402
 from btxrd_cam.maps import upsample_cam  # noqa: E402
 from btxrd_cam.reports import write_atomic  # noqa: E402
 
 OUTLINE_RGB = (0, 255, 0)
-
-
-def fit_long_side(pixels: np.ndarray, long_side: int) -> np.ndarray:
-    """Downscale (never up) so the longer side is at most `long_side`, keeping the aspect ratio."""
-    height, width = pixels.shape[:2]
-    scale = long_side / max(height, width)
-    if scale >= 1:
-        return pixels
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
 
 
 def overlay(pixels: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
@@ -54,6 +47,31 @@ def draw_outline(pixels: np.ndarray, mask: np.ndarray, thickness: int | None = N
     out = as_rgb(pixels).copy()
     cv2.drawContours(out, contours, -1, OUTLINE_RGB, thickness or max(2, max(height, width) // 300))
     return out
+
+
+OVERLAY_LONG_SIDE = 384  # per-image overlays of annotate-iou and compare, for the HTML report
+OVERLAY_FOLDER = "images"
+
+
+def overlay_name(image_id: str) -> str:
+    """The file name of an image's overlay: its id when that is a safe file name, else the safe characters and a
+    short hash (so that `../x` or `<script>` can neither escape the folder nor collide)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", image_id).strip(".") or "image"
+    if safe != image_id:
+        safe = f"{safe[:80]}-{hashlib.sha256(image_id.encode()).hexdigest()[:10]}"
+    return f"{safe}.jpg"
+
+
+def save_overlay(folder: Path, image_id: str, thumbnail: np.ndarray, cam: np.ndarray, mask: np.ndarray | None) -> Path:
+    """`<folder>/<image_id>.jpg`: the raw CAM (float [h, w]) upsampled onto the thumbnail (uint8, long side 384),
+    with the annotation's outline (bool mask of any size, resized by nearest neighbour) in green."""
+    shown = overlay(thumbnail, upsample_cam(cam, thumbnail.shape[:2]))
+    if mask is not None:
+        shown = draw_outline(shown, mask, thickness=2)
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(shown, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if not ok:
+        raise OSError(f"could not encode the overlay of {image_id}")
+    return write_atomic(Path(folder) / overlay_name(image_id), encoded.tobytes())
 
 
 def save_png(path: Path, rgb: np.ndarray) -> Path:
@@ -284,5 +302,63 @@ def sanity_maps(maps: dict[str, list[np.ndarray]], columns: list[str], titles: l
                 if row == 0:
                     axes[row][c].set_title(column, fontsize=7, rotation=30)
             axes[row][0].set_ylabel(f"{title}\n{method}" if m == 0 else method, fontsize=6)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi)
+
+
+def annotation_metrics_figure(report: dict, path: Path, dpi: int = 110) -> Path:
+    """annotate-iou's numbers at a glance: IoU, pointing game and PxAP (mean and 95% CI) by class, subtype and
+    lesion size, and the threshold sweep with the threshold used marked."""
+    columns = (
+        ("IoU", lambda s: (s["iou"]["mean"], s["iou_mean_ci95"])),
+        ("pointing game (hit rate)", lambda s: (s["pointing_game_hit_rate"], s["pointing_game_ci95"])),
+        ("PxAP", lambda s: (s["pxap"]["mean"], s.get("pxap_mean_ci95"))),
+    )
+    groupings = (("by_class", "class"), ("by_subtype", "subtype"), ("by_lesion_size", "lesion size"))
+    fig = plt.figure(figsize=(13, 11))
+    grid = fig.add_gridspec(4, 3, height_ratios=[1, 1.6, 1, 1.1])
+    for r, (key, label) in enumerate(groupings):
+        groups = {name: body for name, body in report["breakdowns"][key].items() if isinstance(body, dict)}
+        if key == "by_lesion_size":
+            groups = {name: groups[name] for name in ("small", "medium", "large") if name in groups}
+        names = list(groups)
+        for c, (title, read) in enumerate(columns):
+            ax = fig.add_subplot(grid[r, c])
+            for y, name in enumerate(names):
+                mean, ci = read(groups[name])
+                if mean is None:
+                    continue
+                low, high = ci or (mean, mean)
+                ax.errorbar(mean, y, xerr=[[mean - low], [high - mean]], fmt="o", ms=4, capsize=2, color="tab:blue")
+                ax.annotate(f"n={groups[name]['count']}", (1.0, y), xycoords=("axes fraction", "data"),
+                            fontsize=6, color="0.5", ha="right", va="bottom")  # fmt: skip
+            ax.set_yticks(range(len(names)))
+            ax.set_yticklabels(names if c == 0 else [], fontsize=8)
+            ax.set_ylim(-0.6, len(names) - 0.4)
+            ax.set_xlim(-0.02, 1.02)
+            ax.invert_yaxis()
+            ax.grid(axis="x", color="0.92")
+            if r == 0:
+                ax.set_title(title, fontsize=10)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=9)
+    ax = fig.add_subplot(grid[3, :])
+    sweep = report["sweep"]
+    values = [(t, v) for t, v in zip(sweep["thresholds"], sweep["mean_iou"], strict=True) if v is not None]
+    if values:
+        ax.plot([t for t, _ in values], [v for _, v in values], marker="o", ms=3, color="tab:blue")
+    used = report["threshold"]["value"]
+    if used is not None:
+        ax.axvline(
+            used, color="tab:red", ls="--", lw=1, label=f"threshold used: {used:g} ({report['threshold']['mode']})"
+        )
+        ax.legend(fontsize=8)
+    ax.set_xlabel("CAM threshold", fontsize=9)
+    ax.set_ylabel("mean IoU", fontsize=9)
+    ax.set_title("threshold sweep (exploratory: not a tuned result)", fontsize=10)
+    ax.grid(color="0.92")
+    n = report["evaluated"]
+    fig.suptitle(f"CAM vs annotation by group — {n} images, {report['settings']['method']}, mean and 95% CI",
+                 fontsize=11)  # fmt: skip
     fig.tight_layout()
     return save_figure(fig, path, dpi)

@@ -39,17 +39,21 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
 
 
-def annotation_mask(path: Path, orig_size: tuple[int, int], resolution: Resolution, model_size: int) -> Annotation:
-    """The annotation of an image of `orig_size` as a mask at the scoring size; InputError if it has no area there."""
+def annotation_mask(
+    source: Path | dict, orig_size: tuple[int, int], resolution: Resolution, model_size: int, path: Path | None = None
+) -> Annotation:
+    """The annotation (a LabelMe file, or its parsed contents with `path` naming it) of an image of `orig_size` as a
+    mask at the scoring size; InputError if it has no area there."""
+    path = Path(path or source)
     size = scoring_size(orig_size, resolution, model_size)
     if resolution == "model":
-        annotation = rasterize_annotation(path, *orig_size)
+        annotation = rasterize_annotation(source, *orig_size, path=path)
         if annotation.area == 0:
             raise InputError(path, "annotation has no area")
         annotation = Annotation(resize_mask(annotation.mask, size), annotation.warnings)
         where = " at model resolution"
     else:
-        annotation = rasterize_annotation(path, *orig_size, draw_size=None if size == orig_size else size)
+        annotation = rasterize_annotation(source, *orig_size, path=path, draw_size=None if size == orig_size else size)
         where = "" if size == orig_size else f" at {size[1]}x{size[0]}"
     if annotation.area == 0:
         raise InputError(path, f"annotation has no area{where}")

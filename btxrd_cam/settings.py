@@ -275,6 +275,7 @@ class AnnotateSettings(ModelSettings, SplitSettings, OutputSettings):
     select: Annotated[str, _choice("all", "correct")] = "all"
     top: Count = 5
     resolution: ScoringResolution = ANNOTATE_RESOLUTION
+    images: bool = True
 
 
 def _names(option_values: tuple[str, ...], everything: str, nothing: str | None = None):
@@ -318,6 +319,7 @@ class CompareSettings(ModelSettings, SplitSettings, OutputSettings):
     resolution: ScoringResolution = COMPARE_RESOLUTION
     rank_by: Annotated[str, _choice(*RANK_METRICS)] = "pxap"
     top: Count = 4
+    images: bool = True
 
 
 SANITY_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "eigencam")

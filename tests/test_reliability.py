@@ -148,7 +148,7 @@ def test_an_interrupted_run_exits_cleanly_and_leaves_the_earlier_report(tiny_pro
     out = tiny_project / "results/gradcam"
     first = subprocess.run([SCRIPT, "annotate-iou", "-q"], cwd=tiny_project, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     # a longer run: the test images many times over, one per batch
     ids = _test_ids(tiny_project) * 30
     manifest = tiny_project / "long.csv"
@@ -166,8 +166,10 @@ def test_an_interrupted_run_exits_cleanly_and_leaves_the_earlier_report(tiny_pro
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == code, stderr
     assert stderr == f"btxrd-cam: {word}\n" and stdout == ""
-    after = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert after == before  # no partial or temporary file; the earlier report byte-identical
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before  # no partial or temporary file; the earlier report and figures byte-identical
+    for overlay in (out / "images").iterdir():  # overlays written as the run went: each one whole
+        assert overlay.suffix == ".jpg" and overlay.read_bytes().endswith(b"\xff\xd9"), overlay.name
 
 
 def test_two_runs_on_the_same_folder_each_leave_whole_files(tiny_project):
@@ -179,7 +181,13 @@ def test_two_runs_on_the_same_folder_each_leave_whole_files(tiny_project):
     outputs = [p.communicate(timeout=300) for p in processes]
     assert [p.returncode for p in processes] == [0, 0], [e for _, e in outputs]
     out = tiny_project / "results/gradcam"
-    assert sorted(p.name for p in out.iterdir()) == ["annotation_comparison.png", "annotation_report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "annotation_comparison.png",
+        "annotation_metrics.png",
+        "annotation_report.json",
+        "images",
+    ]
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary file left
     report = (out / "annotation_report.json").read_text()
     assert report in (outputs[0][0], outputs[1][0])  # whole, and one of the two runs' reports
     json.loads(report)

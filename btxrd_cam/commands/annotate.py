@@ -7,6 +7,7 @@ default), summarise with bootstrap intervals and breakdowns, and draw the most c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -14,11 +15,17 @@ from btxrd_cam.console import show, summary_table, warn
 from btxrd_cam.data import ImageItem, load_image, manifest_path
 from btxrd_cam.engine import Engine, Explanation
 from btxrd_cam.errors import UsageError, per_image
-from btxrd_cam.labelme import rasterize_annotation
+from btxrd_cam.labelme import rasterize_annotation, read_labelme
 from btxrd_cam.maps import upsample_cam
 from btxrd_cam.metrics import SWEEP_THRESHOLDS
 from btxrd_cam.pipeline import checkpoint_info, explain_and_score, load_split, open_engine
-from btxrd_cam.render import comparison_figure
+from btxrd_cam.render import (
+    OVERLAY_FOLDER,
+    OVERLAY_LONG_SIDE,
+    annotation_metrics_figure,
+    comparison_figure,
+    save_overlay,
+)
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
 from btxrd_cam.scoring import annotation_mask, score_map
 from btxrd_cam.settings import AnnotateSettings
@@ -27,6 +34,7 @@ from btxrd_cam.statistics import bootstrap_ci, describe, lesion_size_bins
 METRICS = ("iou", "dice", "pointing_game", "energy_pointing_game", "pxap", "cam_area", "mask_area")
 REPORT_NAME = "annotation_report.json"
 FIGURE_NAME = "annotation_comparison.png"
+METRICS_FIGURE_NAME = "annotation_metrics.png"
 
 
 @dataclass
@@ -47,14 +55,23 @@ class AnnotateOutcome:
     empty: bool
 
 
-def score_image(result: Explanation, engine: Engine, threshold, resolution) -> tuple[dict, list[float]]:
-    """Metrics of one explained image against its annotation. Raises InputError for an unusable annotation."""
-    annotation = annotation_mask(result.item.annotation, result.orig_size, resolution, engine.checkpoint.image_size)
+def score_image(
+    result: Explanation, engine: Engine, threshold, resolution, overlays: Path | None = None
+) -> tuple[dict, list[float]]:
+    """Metrics of one explained image against its annotation, and its overlay in `overlays` when given (drawn on
+    the thumbnail the engine kept from its decode). Raises InputError for an unusable annotation."""
+    path = result.item.annotation
+    data = read_labelme(path)
+    annotation = annotation_mask(data, result.orig_size, resolution, engine.checkpoint.image_size, path=path)
     cam = upsample_cam(result.cam, annotation.mask.shape)
     metrics = score_map(cam, annotation.mask, threshold, sweep=SWEEP_THRESHOLDS)
     sweep = metrics.pop("sweep")
     if annotation.warnings:
         metrics["warnings"] = annotation.warnings
+    if overlays is not None and result.thumbnail is not None:
+        outline = rasterize_annotation(data, *result.orig_size, path=path, draw_size=result.thumbnail.shape[:2])
+        save_overlay(overlays, result.item.image_id, result.thumbnail, result.cam, outline.mask)
+        result.thumbnail = None  # drawn: no longer needed
     return metrics, sweep
 
 
@@ -72,26 +89,29 @@ def _record(result: Explanation, names: list[str], error: str | None) -> dict:
     }
 
 
-def _score(result: Explanation, engine: Engine, settings: AnnotateSettings, threshold) -> Scored:
+def _score(result: Explanation, engine: Engine, settings: AnnotateSettings, threshold, overlays) -> Scored:
     """Raises InputError for an unusable annotation (the per-image boundary turns it into a failed record)."""
     record = _record(result, engine.class_names, result.error)
     if not result.ok:
         return Scored(record, result.item, None, None)
-    metrics, sweep = score_image(result, engine, threshold, settings.resolution)
+    metrics, sweep = score_image(result, engine, threshold, settings.resolution, overlays)
     record.update(metrics)
     return Scored(record, result.item, result.cam, sweep)
 
 
-def score_items(engine: Engine, items: list[ImageItem], settings: AnnotateSettings, threshold, description: str):
-    """Explain the items in one engine pass and score each (beside the engine)."""
+def score_items(
+    engine: Engine, items: list[ImageItem], settings: AnnotateSettings, threshold, description: str, overlays=None
+):
+    """Explain the items in one engine pass and score each (beside the engine); overlays into `overlays`."""
     return explain_and_score(
         engine,
         items,
-        lambda result: _score(result, engine, settings, threshold),
+        lambda result: _score(result, engine, settings, threshold, overlays),
         lambda result, reason: Scored(_record(result, engine.class_names, reason), result.item, None, None),
         target=settings.target,
         quiet=settings.quiet,
         description=description,
+        thumbnail=OVERLAY_LONG_SIDE if overlays is not None else None,
     )
 
 
@@ -131,7 +151,7 @@ def _selected(record: dict, select: str) -> bool:
 
 
 def summarize(records: list[dict]) -> dict:
-    """Describe every metric, IoU hit shares and bootstrap 95% CIs of mean IoU and pointing-game hit rate."""
+    """Describe every metric, IoU hit shares and bootstrap 95% CIs of mean IoU, pointing-game hit rate and PxAP."""
     summary = {metric: describe(r[metric] for r in records) for metric in METRICS}
     ious = [r["iou"] for r in records]
     hits = [float(r["pointing_game"]) for r in records]
@@ -141,6 +161,7 @@ def summarize(records: list[dict]) -> dict:
     summary["iou_mean_ci95"] = bootstrap_ci(ious)
     summary["pointing_game_hit_rate"] = float(np.mean(hits)) if hits else None
     summary["pointing_game_ci95"] = bootstrap_ci(hits)
+    summary["pxap_mean_ci95"] = bootstrap_ci(r["pxap"] for r in records)
     return summary
 
 
@@ -196,7 +217,8 @@ def run_annotate(settings: AnnotateSettings) -> AnnotateOutcome:
     tuned = tune_threshold(engine, settings) if settings.threshold == "tune" else None
     threshold = tuned["value"] if tuned else settings.threshold
     annotated = _annotated(items)  # none: an empty but valid report, and `empty` for the caller's exit code
-    scored = score_items(engine, annotated, settings, threshold, "scoring")
+    overlays = settings.out / OVERLAY_FOLDER if settings.images else None
+    scored = score_items(engine, annotated, settings, threshold, "scoring", overlays)
     failed = [s.record for s in scored if s.record["error"] is not None]
     evaluated = [s for s in scored if s.record["error"] is None and _selected(s.record, settings.select)]
     records = [s.record for s in evaluated]
@@ -238,6 +260,7 @@ def run_annotate(settings: AnnotateSettings) -> AnnotateOutcome:
     text = write_report(report, settings.out / REPORT_NAME)
     if annotated:
         comparison_figure(_figure_rows(evaluated, settings.top, settings.quiet), settings.out / FIGURE_NAME)
+        annotation_metrics_figure(report, settings.out / METRICS_FIGURE_NAME)
     show(
         summary_table(f"CAM vs annotation ({len(records)} images)", report["summary"], METRICS),
         settings.quiet,

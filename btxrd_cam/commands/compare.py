@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from btxrd_cam.console import comparison_table, show, warn
-from btxrd_cam.data import ImageItem, load_image, manifest_path, resize_for_model
+from btxrd_cam.data import ImageItem, fit_long_side, load_image, manifest_path, resize_for_model
 from btxrd_cam.engine import LIBRARY_PATH, CamConfig, Engine, Explanation
 from btxrd_cam.errors import UsageError, per_image
-from btxrd_cam.labelme import rasterize_annotation
+from btxrd_cam.labelme import rasterize_annotation, read_labelme
 from btxrd_cam.layers import auto_layers, get_layer
 from btxrd_cam.maps import baseline_map, upsample_cam
 from btxrd_cam.metrics import SWEEP_THRESHOLDS
 from btxrd_cam.pipeline import checkpoint_info, explain_and_score, load_split, open_checkpoint, open_engine
-from btxrd_cam.render import comparison_grid, fit_long_side, forest_plot
+from btxrd_cam.render import OVERLAY_FOLDER, OVERLAY_LONG_SIDE, comparison_grid, forest_plot, save_overlay
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
 from btxrd_cam.scoring import annotation_mask, score_map
 from btxrd_cam.settings import CompareSettings
@@ -136,8 +137,10 @@ def score_configurations(
     settings: CompareSettings,
     thresholds: dict[str, float | str],
     sweep: bool = False,
+    overlay: tuple[Path, str] | None = None,
 ) -> Scored:
-    """Every configuration's map and every baseline of one image against its annotation, at the scoring size.
+    """Every configuration's map and every baseline of one image against its annotation, at the scoring size;
+    with `overlay` = (folder, configuration), that configuration's overlay drawn on the engine's thumbnail.
     Raises InputError for an unusable annotation (the per-image boundary turns it into a failed record)."""
     item = result.item
     record = _record(result, engine.class_names, result.error)
@@ -146,7 +149,8 @@ def score_configurations(
     if settings.select == "correct" and record["pred"] != record["label"]:
         return Scored(record, item, None, None, excluded=True)
     model_size = engine.checkpoint.image_size
-    annotation = annotation_mask(item.annotation, result.orig_size, settings.resolution, model_size)
+    data = read_labelme(item.annotation)
+    annotation = annotation_mask(data, result.orig_size, settings.resolution, model_size, path=item.annotation)
     size, mask = annotation.mask.shape, annotation.mask
     metrics, sweeps = {}, {}
     maps = [(name, lambda raw=raw: upsample_cam(raw, size)) for name, raw in result.maps.items()]
@@ -158,6 +162,15 @@ def score_configurations(
     record["metrics"] = metrics
     if annotation.warnings:
         record["warnings"] = annotation.warnings
+    if overlay is not None and result.thumbnail is not None:
+        folder, name = overlay
+        small = result.thumbnail.shape[:2]
+        shown = result.maps.get(name)
+        if shown is None:  # a baseline as the reference
+            shown = baseline_map(name, small, result.model_pixels)
+        outline = rasterize_annotation(data, *result.orig_size, path=item.annotation, draw_size=small).mask
+        save_overlay(folder, item.image_id, result.thumbnail, shown, outline)
+        result.thumbnail = None
     return Scored(record, item, result.maps, sweeps if sweep else None)
 
 
@@ -278,14 +291,16 @@ def run_compare(settings: CompareSettings) -> CompareOutcome:
     else:
         thresholds, tuning = dict.fromkeys(names, settings.threshold), None
     annotated = _annotated(items)
+    overlay = (settings.out / OVERLAY_FOLDER, reference) if settings.images else None
     scored = explain_and_score(
         engine,
         annotated,
-        lambda result: score_configurations(result, engine, settings, thresholds),
+        lambda result: score_configurations(result, engine, settings, thresholds, overlay=overlay),
         lambda result, reason: failed_image(result, engine.class_names, reason),
         target=settings.target,
         quiet=settings.quiet,
         description=f"comparing {len(names)} configurations",
+        thumbnail=OVERLAY_LONG_SIDE if overlay else None,
     )
     failed = [s.record for s in scored if s.record["error"] is not None]
     evaluated = [s for s in scored if s.record["error"] is None and not s.excluded]
