@@ -28,6 +28,7 @@ from btxrd_cam.settings import (
     ExplainSettings,
     GallerySettings,
     InferSettings,
+    ReportSettings,
     SanitySettings,
     build_settings,
     default_checkpoint,
@@ -445,6 +446,34 @@ def sanity(
         return _exit_code(outcome.failed)
 
     _run(SanitySettings, values, action)
+
+
+@app.command()
+def report(
+    results_dir: Annotated[
+        Path, typer.Argument(help="A results folder of gallery / annotate-iou / compare / sanity.")
+    ] = Path("results/gradcam"),
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the page here [default: RESULTS_DIR/report.html].")
+    ] = None,
+    self_contained: Annotated[
+        bool, typer.Option("--self-contained", help="Embed every image (base64): one file to send.")
+    ] = False,
+    quiet: Quiet = False,
+) -> None:
+    """One offline HTML page of a results folder: every image, every number (prints its path)."""
+    values = {"results_dir": results_dir, "output": output, "self_contained": self_contained, "quiet": quiet}
+
+    def action(settings):
+        from btxrd_cam.commands.report import run_report
+
+        outcome = run_report(settings)
+        for note in outcome.notes:
+            typer.echo(f"btxrd-cam: note: {note}", err=True)
+        typer.echo(str(outcome.path))
+        return 0
+
+    _run(ReportSettings, values, action)
 
 
 @app.command()

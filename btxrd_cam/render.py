@@ -6,9 +6,7 @@ Files are encoded in memory and written atomically; matplotlib figures are close
 
 from __future__ import annotations
 
-import hashlib
 import io
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy as np  # noqa: E402
 
 from btxrd_cam.data import fit_long_side  # noqa: E402
 from btxrd_cam.maps import upsample_cam  # noqa: E402
+from btxrd_cam.outputs import overlay_name  # noqa: E402
 from btxrd_cam.reports import write_atomic  # noqa: E402
 
 OUTLINE_RGB = (0, 255, 0)
@@ -47,19 +46,6 @@ def draw_outline(pixels: np.ndarray, mask: np.ndarray, thickness: int | None = N
     out = as_rgb(pixels).copy()
     cv2.drawContours(out, contours, -1, OUTLINE_RGB, thickness or max(2, max(height, width) // 300))
     return out
-
-
-OVERLAY_LONG_SIDE = 384  # per-image overlays of annotate-iou and compare, for the HTML report
-OVERLAY_FOLDER = "images"
-
-
-def overlay_name(image_id: str) -> str:
-    """The file name of an image's overlay: its id when that is a safe file name, else the safe characters and a
-    short hash (so that `../x` or `<script>` can neither escape the folder nor collide)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", image_id).strip(".") or "image"
-    if safe != image_id:
-        safe = f"{safe[:80]}-{hashlib.sha256(image_id.encode()).hexdigest()[:10]}"
-    return f"{safe}.jpg"
 
 
 def save_overlay(folder: Path, image_id: str, thumbnail: np.ndarray, cam: np.ndarray, mask: np.ndarray | None) -> Path:

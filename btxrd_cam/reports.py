@@ -14,11 +14,13 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel
 
-from btxrd_cam.engine import Explanation
+if TYPE_CHECKING:
+    from btxrd_cam.engine import Explanation
 
 SCHEMA_VERSION = 1
 

@@ -342,6 +342,32 @@ class SanitySettings(ModelSettings, SplitSettings, OutputSettings):
         return value
 
 
+class ReportSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    results_dir: Path = Path("results/gradcam")
+    output: Path | None = None
+    self_contained: bool = False
+    quiet: bool = False
+
+    @field_validator("results_dir")
+    @classmethod
+    def _is_folder(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError("no such directory (run gallery, annotate-iou, compare or sanity first)")
+        return value
+
+    @field_validator("output")
+    @classmethod
+    def _writable(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return value
+        existing = next((p for p in [value.parent, *value.parent.parents] if p.exists()), Path("."))
+        if value.is_dir() or not existing.is_dir() or not os.access(existing, os.W_OK):
+            raise ValueError("must be a file path in a writable directory")
+        return value
+
+
 class DemoSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -355,7 +381,7 @@ class DemoSettings(BaseModel):
 
 
 def option_name(field: str) -> str:
-    if field in ("inputs", "out_dir"):
+    if field in ("inputs", "out_dir", "results_dir"):
         return field.upper().rstrip("S")
     return "--" + field.replace("_", "-")
 

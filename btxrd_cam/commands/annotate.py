@@ -18,21 +18,15 @@ from btxrd_cam.errors import UsageError, per_image
 from btxrd_cam.labelme import rasterize_annotation, read_labelme
 from btxrd_cam.maps import upsample_cam
 from btxrd_cam.metrics import SWEEP_THRESHOLDS
+from btxrd_cam.outputs import ANNOTATION_REPORT, OVERLAY_FOLDER, OVERLAY_LONG_SIDE
 from btxrd_cam.pipeline import checkpoint_info, explain_and_score, load_split, open_engine
-from btxrd_cam.render import (
-    OVERLAY_FOLDER,
-    OVERLAY_LONG_SIDE,
-    annotation_metrics_figure,
-    comparison_figure,
-    save_overlay,
-)
+from btxrd_cam.render import annotation_metrics_figure, comparison_figure, save_overlay
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
 from btxrd_cam.scoring import annotation_mask, score_map
 from btxrd_cam.settings import AnnotateSettings
 from btxrd_cam.statistics import bootstrap_ci, describe, lesion_size_bins
 
 METRICS = ("iou", "dice", "pointing_game", "energy_pointing_game", "pxap", "cam_area", "mask_area")
-REPORT_NAME = "annotation_report.json"
 FIGURE_NAME = "annotation_comparison.png"
 METRICS_FIGURE_NAME = "annotation_metrics.png"
 
@@ -257,7 +251,7 @@ def run_annotate(settings: AnnotateSettings) -> AnnotateOutcome:
         "records": records,
         "failed": failed,
     }
-    text = write_report(report, settings.out / REPORT_NAME)
+    text = write_report(report, settings.out / ANNOTATION_REPORT)
     if annotated:
         comparison_figure(_figure_rows(evaluated, settings.top, settings.quiet), settings.out / FIGURE_NAME)
         annotation_metrics_figure(report, settings.out / METRICS_FIGURE_NAME)

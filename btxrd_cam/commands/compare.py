@@ -22,14 +22,14 @@ from btxrd_cam.labelme import rasterize_annotation, read_labelme
 from btxrd_cam.layers import auto_layers, get_layer
 from btxrd_cam.maps import baseline_map, upsample_cam
 from btxrd_cam.metrics import SWEEP_THRESHOLDS
+from btxrd_cam.outputs import COMPARISON_REPORT, OVERLAY_FOLDER, OVERLAY_LONG_SIDE
 from btxrd_cam.pipeline import checkpoint_info, explain_and_score, load_split, open_checkpoint, open_engine
-from btxrd_cam.render import OVERLAY_FOLDER, OVERLAY_LONG_SIDE, comparison_grid, forest_plot, save_overlay
+from btxrd_cam.render import comparison_grid, forest_plot, save_overlay
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
 from btxrd_cam.scoring import annotation_mask, score_map
 from btxrd_cam.settings import CompareSettings
 from btxrd_cam.statistics import mean_ci, paired_bootstrap
 
-REPORT_NAME = "comparison_report.json"
 FOREST_NAME = "comparison.png"
 GRID_NAME = "comparison_grid.png"
 METRICS = ("iou", "dice", "pointing_game", "energy_pointing_game", "pxap", "cam_area", "mask_area")
@@ -346,7 +346,7 @@ def run_compare(settings: CompareSettings) -> CompareOutcome:
         "records": records,
         "failed": failed,
     }
-    text = write_report(report, settings.out / REPORT_NAME)
+    text = write_report(report, settings.out / COMPARISON_REPORT)
     if annotated:
         forest_plot(report, FOREST_METRICS, settings.out / FOREST_NAME)
         cams = [n for n in ranking if n != reference and n not in settings.baselines][:GRID_CONFIGURATIONS]

@@ -14,6 +14,7 @@ from btxrd_cam.data import load_image
 from btxrd_cam.engine import Explanation
 from btxrd_cam.errors import UsageError, per_image
 from btxrd_cam.labelme import rasterize_annotation
+from btxrd_cam.outputs import GALLERY_REPORT
 from btxrd_cam.pipeline import checkpoint_info, explain_items, failure_record, load_split, open_engine
 from btxrd_cam.render import Cell, gallery_figure, thumbnail_overlay
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
@@ -136,5 +137,5 @@ def run_gallery(settings: GallerySettings) -> GalleryOutcome:
         "classes": classes,
         "failed": failed,
     }
-    text = write_report(report, settings.out / "gallery.json")
+    text = write_report(report, settings.out / GALLERY_REPORT)
     return GalleryOutcome(report, text, len(failed))

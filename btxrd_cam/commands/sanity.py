@@ -27,6 +27,7 @@ from btxrd_cam.errors import UsageError
 from btxrd_cam.faithfulness import ROAD_PERCENTILES, road_combined
 from btxrd_cam.layers import get_layer, randomisation_steps
 from btxrd_cam.maps import centre_map, edges_map, noise_map, spearman, ssim, upsample_cam
+from btxrd_cam.outputs import SANITY_REPORT
 from btxrd_cam.pipeline import checkpoint_info, explain_items, failure_record, load_split, open_checkpoint, open_engine
 from btxrd_cam.randomisation import randomised_models
 from btxrd_cam.render import sanity_curves, sanity_maps
@@ -34,7 +35,6 @@ from btxrd_cam.reports import SCHEMA_VERSION, write_report
 from btxrd_cam.settings import SanitySettings
 from btxrd_cam.statistics import mean_ci
 
-REPORT_NAME = "sanity_report.json"
 CURVES_NAME = "sanity.png"
 MAPS_NAME = "sanity_maps.png"
 MEASURES = ("spearman", "ssim")
@@ -217,7 +217,7 @@ def run_sanity(settings: SanitySettings) -> SanityOutcome:
     if not ok:
         report.update(methods={}, reference={}, control=None, road=None, reproducibility=None, images=[])
         report["failed"] = failed
-        text = write_report(report, settings.out / REPORT_NAME)
+        text = write_report(report, settings.out / SANITY_REPORT)
         return SanityOutcome(report, text, len(failed))
 
     tensors = torch.from_numpy(np.stack([r.tensor for r in ok]))
@@ -316,7 +316,7 @@ def run_sanity(settings: SanitySettings) -> SanityOutcome:
             "failed": failed,
         }
     )
-    text = write_report(report, settings.out / REPORT_NAME)
+    text = write_report(report, settings.out / SANITY_REPORT)
     sanity_curves(report, settings.out / CURVES_NAME)
     titles = [f"{ok[i].item.image_id} ({names_list[classes[i]]})" for i in examples]
     sanity_maps(example_maps, ["trained", *report["steps"]], titles, settings.out / MAPS_NAME)

@@ -1,0 +1,215 @@
+"""`btxrd-cam report`: one browsable, offline HTML page of a results folder — every image, every number.
+
+A renderer of reports, not a command that explains: it reads the JSON the other commands wrote there (gallery,
+annotate-iou, compare, sanity, and an `infer --metrics` file), never loads a model or decodes an image, and writes
+one page from the Jinja2 template in `btxrd_cam/templates/` (autoescaped; CSS and JS inline). Images are linked
+relative to the page, or embedded with `--self-contained`. A malformed report, or one of a newer schema, becomes
+a note on the page; the rest renders.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from btxrd_cam import __version__
+from btxrd_cam.errors import UsageError, one_line
+from btxrd_cam.outputs import (
+    ANNOTATION_REPORT,
+    COMPARISON_REPORT,
+    GALLERY_REPORT,
+    HTML_REPORT,
+    OVERLAY_FOLDER,
+    SANITY_REPORT,
+    overlay_name,
+)
+from btxrd_cam.reports import SCHEMA_VERSION, write_atomic
+from btxrd_cam.settings import ReportSettings
+
+REPORT_FILES = {
+    "gallery": GALLERY_REPORT,
+    "annotation": ANNOTATION_REPORT,
+    "comparison": COMPARISON_REPORT,
+    "sanity": SANITY_REPORT,
+}
+COMMANDS = {"gallery": "gallery", "annotation": "annotate-iou", "comparison": "compare", "sanity": "sanity"}
+MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+TABLE_METRICS = ("iou", "dice", "pointing_game", "pxap")
+
+
+@dataclass
+class ReportOutcome:
+    path: Path
+    sections: list[str]
+    notes: list[str]
+
+
+def _read(path: Path, command: str | None) -> tuple[dict | None, str | None]:
+    """A report's contents, or why it cannot be shown."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:
+        return None, f"{path.name}: not readable JSON ({one_line(exc, 120)})"
+    if not isinstance(data, dict):
+        return None, f"{path.name}: not a btxrd-cam report (a JSON {type(data).__name__})"
+    version = data.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        return None, f"{path.name}: not a btxrd-cam report (no schema_version)"
+    if version > SCHEMA_VERSION:
+        return None, (
+            f"{path.name}: schema version {version} is newer than this btxrd-cam ({__version__}) reads "
+            f"({SCHEMA_VERSION}); upgrade btxrd-cam to show it"
+        )
+    if command and data.get("command") != command:
+        return None, f"{path.name}: written by {data.get('command')!r}, not {command!r}"
+    return data, None
+
+
+def _metrics_files(folder: Path) -> list[Path]:
+    """JSON files an `infer --metrics` run saved in the folder (recognised by their contents)."""
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        if path.name in REPORT_FILES.values() or path.stat().st_size > 2**20:
+            continue
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError, RecursionError):
+            continue
+        if isinstance(data, dict) and (
+            data.get("command") == "infer" or {"per_class", "confusion_matrix"} <= set(data)
+        ):
+            found.append(path)
+    return found
+
+
+def read_reports(folder: Path) -> tuple[dict[str, dict], list[str]]:
+    """The reports present in the folder and a note for each that cannot be shown; UsageError when there is none."""
+    if not folder.is_dir():
+        raise UsageError(
+            f"RESULTS_DIR: got {folder}; no such directory (run gallery, annotate-iou, compare or sanity first)"
+        )
+    reports, notes = {}, []
+    for key, name in REPORT_FILES.items():
+        path = folder / name
+        if path.is_file():
+            data, note = _read(path, COMMANDS[key])
+            if data is not None:
+                reports[key] = data
+            else:
+                notes.append(note)
+    metrics = _metrics_files(folder)
+    if metrics:
+        data = json.loads(metrics[0].read_bytes())
+        version = data.get("schema_version", SCHEMA_VERSION)  # metrics files of btxrd-cam 0.1 carry none
+        if isinstance(version, int) and version > SCHEMA_VERSION:
+            notes.append(f"{metrics[0].name}: schema version {version} is newer than this btxrd-cam reads")
+        else:
+            reports["classification"] = {**data, "file": metrics[0].name}
+    if not reports and not notes:
+        looked = ", ".join(REPORT_FILES.values())
+        raise UsageError(f"RESULTS_DIR: no report in {folder} (looked for {looked} and an `infer --metrics` JSON)")
+    return reports, notes
+
+
+class _Links:
+    """Where the page finds a file of the results folder: a path relative to the page, or a data: URI."""
+
+    def __init__(self, folder: Path, page: Path, embed: bool) -> None:
+        self.folder, self.page_dir, self.embed = folder, page.parent, embed
+
+    def __call__(self, name: str | None) -> str | None:
+        if not name:
+            return None
+        path = self.folder / name
+        if not path.is_file():
+            return None
+        if self.embed:
+            mime = MIME.get(path.suffix.lower(), "application/octet-stream")
+            return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+        return Path(os.path.relpath(path, self.page_dir)).as_posix()
+
+
+def _rows(reports: dict, links: _Links) -> tuple[list[dict], str | None]:
+    """The per-image table: annotate-iou's records and failures (else compare's, at its reference)."""
+    if "annotation" in reports:
+        report, source = reports["annotation"], "annotate-iou"
+        records = report.get("records", []) + report.get("failed", [])
+        read = lambda r, m: r.get(m)  # noqa: E731
+    elif "comparison" in reports:
+        report, source = reports["comparison"], f"compare ({reports['comparison'].get('reference')})"
+        reference = report.get("reference")
+        records = report.get("records", []) + report.get("failed", [])
+        read = lambda r, m: ((r.get("metrics") or {}).get(reference) or {}).get(m)  # noqa: E731
+    else:
+        return [], None
+    rows = []
+    for record in records:
+        image_id = str(record.get("image_id"))
+        rows.append(
+            {
+                "image_id": image_id,
+                "label": record.get("label"),
+                "pred": record.get("pred"),
+                "confidence": record.get("confidence"),
+                "subtype": record.get("subtype"),
+                "metrics": {m: read(record, m) for m in TABLE_METRICS},
+                "error": record.get("error"),
+                "outcome": "failed" if record.get("error") else
+                "correct" if record.get("pred") == record.get("label") else "missed",
+                "overlay": links(f"{OVERLAY_FOLDER}/{overlay_name(image_id)}"),
+            }
+        )  # fmt: skip
+    rows.sort(key=lambda r: r["image_id"])
+    return rows, source
+
+
+def _header(reports: dict) -> dict:
+    """Checkpoint and split, from the first report that names them."""
+    for key in ("annotation", "comparison", "sanity", "gallery", "classification"):
+        if key in reports and isinstance(reports[key].get("checkpoint"), dict):
+            settings = reports[key].get("settings") or {}
+            return {
+                "checkpoint": reports[key]["checkpoint"],
+                "split": settings.get("split"),
+                "subset": settings.get("subset"),
+            }
+    return {"checkpoint": {}, "split": None, "subset": None}
+
+
+def build_page(folder: Path, page: Path, reports: dict, notes: list[str], embed: bool) -> str:
+    import jinja2
+
+    links = _Links(folder, page, embed)
+    rows, rows_source = _rows(reports, links)
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("btxrd_cam", "templates"),
+        autoescape=True,  # every string from a file is escaped: ids, class names, paths, errors, settings
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    environment.filters["num"] = lambda v, digits=3: "—" if v is None else f"{v:.{digits}f}"
+    environment.filters["ci"] = lambda c: "" if not c else f"[{c[0]:.3f}, {c[1]:.3f}]"
+    template = environment.get_template("report.html.j2")
+    return template.render(
+        version=__version__,
+        header=_header(reports),
+        reports=reports,
+        notes=notes,
+        rows=rows,
+        rows_source=rows_source,
+        link=links,
+        classes=sorted({r["label"] for r in rows if r["label"]}),
+        subtypes=sorted({r["subtype"] for r in rows if r["subtype"]}),
+    )
+
+
+def run_report(settings: ReportSettings) -> ReportOutcome:
+    folder = settings.results_dir
+    reports, notes = read_reports(folder)
+    page = settings.output or folder / HTML_REPORT
+    html = build_page(folder, page, reports, notes, settings.self_contained)
+    write_atomic(page, html)
+    return ReportOutcome(page, sorted(reports), notes)
