@@ -196,7 +196,7 @@ def build_page(folder: Path, page: Path, reports: dict, notes: list[str], embed:
     return template.render(
         version=__version__,
         header=_header(reports),
-        reports=reports,
+        reports={key: reports.get(key) for key in (*REPORT_FILES, "classification")},
         notes=notes,
         rows=rows,
         rows_source=rows_source,
