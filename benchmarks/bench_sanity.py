@@ -54,7 +54,7 @@ def profile(project: Path) -> dict:
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
-        frames = [frame.split(" (")[0] for frame in stack.split(";")]
+        frames = {frame.split(" (")[0].rsplit(".", 1)[-1] for frame in stack.split(";")}  # Module._call_impl
         total += int(samples)
         for label, needle in PARTS.items():
             if needle in frames and (needle != "_call_impl" or "road_combined" in frames):
@@ -65,17 +65,19 @@ def profile(project: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--demo", type=Path, default=Path(__file__).resolve().parents[1] / "demo")
+    parser.add_argument("--profile-only", action="store_true")
     args = parser.parse_args()
     projects = {"demo (160 px)": args.demo, "demo weights at 224 px": at_224(args.demo)}
     rows, results = [], {}
-    for label, project in projects.items():
+    for label, project in projects.items() if not args.profile_only else []:
         out = str(WORK / "sanity_out")
         full, _ = run_command([btxrd_cam(), "sanity", "-q", "--out", out], project)
         bare, _ = run_command([btxrd_cam(), "sanity", "-q", "--no-road", "--out", out], project)
         results[label] = {"wall_s": full, "no_road_wall_s": bare, "road_s": full - bare}
         rows.append([label, f"{full:.0f}", f"{bare:.0f}", f"{full - bare:.0f}", f"{(full - bare) / full:.0%}"])
-    print(table("btxrd-cam sanity: 48 images, 5 methods, 10 randomisation steps, ROAD on 16 images x 8 maps",
-                ["", "wall s", "--no-road s", "ROAD s", "ROAD share"], rows))  # fmt: skip
+    if rows:
+        print(table("btxrd-cam sanity: 48 images, 5 methods, 10 randomisation steps, ROAD on 16 images x 8 maps",
+                    ["", "wall s", "--no-road s", "ROAD s", "ROAD share"], rows))  # fmt: skip
     found = profile(projects["demo weights at 224 px"])
     print(table(f"Where sanity spends its CPU time at 224 px (py-spy, all threads, {found['samples']} samples)",
                 ["part", "share"], [[k, f"{v:.0%}"] for k, v in found["share"].items()]))  # fmt: skip

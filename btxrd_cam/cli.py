@@ -97,6 +97,15 @@ FastDecode = Annotated[
         rich_help_panel=MODEL,
     ),
 ]
+DicomWindow = Annotated[
+    str,
+    typer.Option(
+        "--dicom-window",
+        help="DICOM display window: file (the file's own; minmax when it has none), minmax, or percentile "
+        "(0.5–99.5 % of the values).",
+        rich_help_panel=MODEL,
+    ),
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, tables or warnings on stderr.")]
 DataRoot = Annotated[
     Path,
@@ -208,6 +217,7 @@ def infer(
     workers: Workers = None,
     amp: Amp = False,
     fast_decode: FastDecode = False,
+    dicom_window: DicomWindow = "file",
     data_root: DataRoot = Path("data_raw"),
     splits_dir: SplitsDir = Path("data/splits"),
     split: Split = None,
@@ -249,6 +259,7 @@ def explain_image(
     aug_smooth: AugSmooth = False,
     eigen_smooth: EigenSmooth = False,
     fast_decode: FastDecode = False,
+    dicom_window: DicomWindow = "file",
     quiet: Quiet = False,
 ) -> None:
     """A heatmap overlay and prediction for any radiograph (JSONL on stdout)."""
@@ -280,6 +291,7 @@ def gallery(
     aug_smooth: AugSmooth = False,
     eigen_smooth: EigenSmooth = False,
     fast_decode: FastDecode = False,
+    dicom_window: DicomWindow = "file",
     data_root: DataRoot = Path("data_raw"),
     splits_dir: SplitsDir = Path("data/splits"),
     split: Split = None,
@@ -322,6 +334,7 @@ def annotate_iou(
     aug_smooth: AugSmooth = False,
     eigen_smooth: EigenSmooth = False,
     fast_decode: FastDecode = False,
+    dicom_window: DicomWindow = "file",
     data_root: DataRoot = Path("data_raw"),
     splits_dir: SplitsDir = Path("data/splits"),
     split: Split = None,
@@ -380,6 +393,7 @@ def compare(
     target: Target = "pred",
     aug_smooth: AugSmooth = False,
     fast_decode: FastDecode = False,
+    dicom_window: DicomWindow = "file",
     data_root: DataRoot = Path("data_raw"),
     splits_dir: SplitsDir = Path("data/splits"),
     split: Split = None,
@@ -429,6 +443,7 @@ def sanity(
     workers: Workers = None,
     amp: Amp = False,
     fast_decode: FastDecode = False,
+    dicom_window: DicomWindow = "file",
     data_root: DataRoot = Path("data_raw"),
     splits_dir: SplitsDir = Path("data/splits"),
     split: Split = None,

@@ -11,13 +11,14 @@ import io
 import os
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from btxrd_cam.dicom import DICOM_SUFFIXES, has_dicom_preamble, is_dicom, read_dicom
 from btxrd_cam.errors import InputError, UsageError, one_line
 
 DEFAULT_CLASS_NAMES = ("Normal", "Benign", "Malignant")
@@ -62,7 +63,7 @@ DATASET_COLUMNS = (
     + REGION_COLUMNS
     + VIEW_COLUMNS
 )
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES)
 SUBSETS = ("train", "val", "test")
 # Decoding more than this many pixels is refused per image, before anything is allocated: a 12,000 x 9,000 scan
 # (108 M) still loads; BTXRD's largest radiographs have ~12 M, a 43 x 35 cm DR detector at 100 um ~15 M.
@@ -128,10 +129,8 @@ def _read_rows(data_root: Path) -> list[dict[str, object]]:
         with csv_path.open(newline="", encoding="utf-8-sig") as f:
             return [{k.strip().lower(): v for k, v in row.items() if k} for row in csv.DictReader(f)]
     if xlsx_path.is_file():
-        try:
-            import openpyxl
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise UsageError(f"{xlsx_path}: reading .xlsx needs openpyxl (pip install 'btxrd-cam[xlsx]')") from exc
+        import openpyxl  # a dependency; imported here because most projects have a dataset.csv
+
         sheet = openpyxl.load_workbook(xlsx_path, read_only=True, data_only=True).worksheets[0]
         rows = sheet.iter_rows(values_only=True)
         header = [str(h).strip().lower() if h is not None else "" for h in next(rows, [])]
@@ -215,6 +214,12 @@ def split_items(data_root: Path, manifest: Path) -> list[ImageItem]:
     return items
 
 
+def _looks_like_image(path: Path) -> bool:
+    """An image by its suffix, or a DICOM file without one (the `DICM` preamble)."""
+    suffix = path.suffix.lower()
+    return suffix in IMAGE_SUFFIXES or (suffix == "" and has_dicom_preamble(path))
+
+
 def find_images(inputs: list[str]) -> tuple[list[ImageItem], list[tuple[str, str]]]:
     """Image paths, directories (searched recursively) and globs → items in a stable order.
 
@@ -226,7 +231,7 @@ def find_images(inputs: list[str]) -> tuple[list[ImageItem], list[tuple[str, str
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.rglob("*") if p.is_file() and _looks_like_image(p))
             if not found:
                 failures.append((text, f"directory contains no images ({', '.join(IMAGE_SUFFIXES)})"))
             paths.extend(found)
@@ -270,28 +275,63 @@ def _reduction(size: tuple[int, int], at_least: int) -> int:
     return next((f for f in (8, 4, 2) if min(size) // f >= at_least), 1)
 
 
+@dataclass
+class DecodedImage:
+    """pixels: uint8 [H, W] (grey) or [H, W, 3] (RGB); size: (H, W) of the original (before --fast-decode's
+    reduction); info: what the record may say about the source (DICOM: modality, window, …), None for other
+    formats; warnings: for the record."""
+
+    pixels: np.ndarray
+    size: tuple[int, int]
+    info: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
 def load_image(
     path: Path, keep_gray: bool = False, draft_size: int | None = None
 ) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode an image file as 8-bit pixels and report its original (height, width).
+    """Decode an image file as 8-bit pixels and report its original (height, width) — `decode_image` without the
+    source's details, for drawing."""
+    decoded = decode_image(path, keep_gray, draft_size)
+    return decoded.pixels, decoded.size
 
-    Returns `pixels: uint8 [H, W, 3]` (RGB) — or `[H, W]` when `keep_gray` and the file is single-channel, which
-    is exact: Pillow's RGB conversion of a grayscale image replicates the channel. EXIF orientation is applied;
-    16-bit images are scaled, palette and alpha images converted. `draft_size` lets libjpeg decode JPEGs at the
-    smallest DCT scale (1/2, 1/4, 1/8, Pillow's draft mode) that keeps both sides ≥ draft_size (`--fast-decode`;
-    not exact). Raises InputError naming the file for anything unreadable — a truncated or corrupt file on every
-    path, a header declaring more than MAX_PIXELS pixels before anything is allocated.
+
+def decode_image(
+    path: Path, keep_gray: bool = False, draft_size: int | None = None, dicom_window: str = "file"
+) -> DecodedImage:
+    """Decode an image file (JPEG, PNG, BMP, TIFF or DICOM) as 8-bit pixels.
+
+    Pixels are `uint8 [H, W, 3]` (RGB) — or `[H, W]` when `keep_gray` and the file is single-channel, which is exact:
+    Pillow's RGB conversion of a grayscale image replicates the channel. EXIF orientation is applied; 16-bit images
+    are scaled, palette and alpha images converted; DICOM goes through its display pipeline (dicom.py, with
+    `dicom_window`). `draft_size` lets libjpeg decode JPEGs at the smallest DCT scale (1/2, 1/4, 1/8, Pillow's draft
+    mode) that keeps both sides ≥ draft_size (`--fast-decode`; not exact). Raises InputError naming the file for
+    anything unreadable — a truncated or corrupt file on every path, a header declaring more than MAX_PIXELS pixels
+    before anything is allocated.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise InputError(path, f"file is {size / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES // 2**20} MB")
+    raw = path.read_bytes()
+    if is_dicom(path):
+        pixels, shape, info, notes = read_dicom(path, raw, dicom_window, MAX_PIXELS)
+        if not keep_gray:
+            pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+        return DecodedImage(pixels, shape, info, notes)
+    pixels, shape = _decode_with_pillow(path, raw, draft_size)
+    if pixels.ndim == 2 and not keep_gray:
+        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+    return DecodedImage(np.ascontiguousarray(pixels), shape)
+
+
+def _decode_with_pillow(path: Path, raw: bytes, draft_size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise InputError(path, f"file is {size / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES // 2**20} MB")
         # decoded from memory: a chunk header that claims gigabytes makes a file object allocate them up front
         # (Pillow reads a chunk by its declared length); an in-memory buffer returns only what the file holds
-        data = io.BytesIO(path.read_bytes())
+        data = io.BytesIO(raw)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)  # "corrupt EXIF data" and the like: orientation is optional
@@ -325,9 +365,7 @@ def load_image(
         raise InputError(path, f"unreadable image ({one_line(exc, 120)})") from None
     except Exception as exc:  # the decoder's boundary: whatever a malformed file makes a plugin raise
         raise InputError(path, f"unreadable image ({type(exc).__name__}: {one_line(exc, 120)})") from None
-    if pixels.ndim == 2 and not keep_gray:
-        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(pixels), (height, width)
+    return pixels, (height, width)
 
 
 def fit_long_side(pixels: np.ndarray, long_side: int) -> np.ndarray:

@@ -40,7 +40,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from threadpoolctl import threadpool_limits
 
 from btxrd_cam.checkpoint import Checkpoint
-from btxrd_cam.data import ImageItem, fit_long_side, load_image, normalize_pixels, resize_for_model
+from btxrd_cam.data import ImageItem, decode_image, fit_long_side, normalize_pixels, resize_for_model
 from btxrd_cam.errors import InputError, UsageError, per_image
 from btxrd_cam.layers import get_layer, layer_grids
 
@@ -83,7 +83,8 @@ class Explanation:
     configuration's map; model_pixels: uint8 [S, S] or [S, S, 3], the image as resized for the model (before
     normalisation); tensor: float32 [3, S, S], the model's input, only when the caller asked to keep it (to run
     other models on it without decoding again); thumbnail: uint8 [h, w(, 3)], the image downscaled for drawing,
-    only when asked; orig_size: (H, W) of the decoded original; pixels: uint8 [H, W] or
+    only when asked; source: what the file says about itself (DICOM: modality, window used, …; None otherwise);
+    warnings: about the input, for the record; orig_size: (H, W) of the decoded original; pixels: uint8 [H, W] or
     [H, W, 3], only when the caller asked to keep them. A failed image has `error` and nothing else.
     """
 
@@ -100,6 +101,7 @@ class Explanation:
     tensor: np.ndarray | None = None
     thumbnail: np.ndarray | None = None
     pixels: np.ndarray | None = None
+    source: dict | None = None
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -155,6 +157,8 @@ class _Decoded:
     orig_size: tuple[int, int]
     pixels: np.ndarray | None
     thumbnail: np.ndarray | None
+    source: dict | None
+    warnings: list[str]
 
 
 class Engine:
@@ -176,6 +180,7 @@ class Engine:
         eigen_smooth: bool = False,
         fast_decode: bool = False,
         configs: Sequence[CamConfig] | None = None,
+        dicom_window: str = "file",
         layer_option: str = "--target-layer",
     ) -> None:
         configs = list(configs) if configs else [CamConfig(method, checkpoint.target_layer_name)]
@@ -198,6 +203,7 @@ class Engine:
         self.aug_smooth = aug_smooth
         self.eigen_smooth = eigen_smooth
         self.fast_decode = fast_decode
+        self.dicom_window = dicom_window
         self.single_pass = [c for c in configs if c.method in SINGLE_PASS and not aug_smooth]
         self.library_path = [c for c in configs if c not in self.single_pass]
         self._pool: ThreadPoolExecutor | None = None
@@ -359,13 +365,16 @@ class Engine:
         """Decode and preprocess one image (the upstream test transform); InputError if it cannot be used.
         thumbnail: also keep the image downscaled to this long side (for drawing, from the same decode)."""
         size = self.checkpoint.image_size
-        pixels, orig_size = load_image(item.path, keep_gray=True, draft_size=2 * size if self.fast_decode else None)
+        draft = 2 * size if self.fast_decode else None
+        decoded = decode_image(item.path, keep_gray=True, draft_size=draft, dicom_window=self.dicom_window)
+        pixels, orig_size = decoded.pixels, decoded.size
         if min(pixels.shape[:2]) < 2:
             raise InputError(item.path, f"image too small ({pixels.shape[1]}x{pixels.shape[0]} pixels)")
         resized = resize_for_model(pixels, size)
         tensor = normalize_pixels(resized, self.checkpoint.mean, self.checkpoint.std)
         small = fit_long_side(pixels, thumbnail) if thumbnail else None
-        return _Decoded(tensor, resized, orig_size, pixels if keep_pixels else None, small)
+        kept = pixels if keep_pixels else None
+        return _Decoded(tensor, resized, orig_size, kept, small, decoded.info, decoded.warnings)
 
     def _decode_or_error(self, item: ImageItem, keep_pixels: bool, thumbnail: int | None) -> _Decoded | str:
         """The decoded image, or the reason it cannot be used (the record names the file)."""
@@ -420,6 +429,7 @@ class Engine:
                 result.orig_size, result.pixels, result.model_pixels = dec.orig_size, dec.pixels, dec.model_pixels
                 result.tensor = dec.tensor if keep_tensors else None
                 result.thumbnail = dec.thumbnail
+                result.source, result.warnings = dec.source, list(dec.warnings)
                 wanted = fixed
                 if target == "true":
                     label = result.item.label

@@ -41,6 +41,7 @@ def open_engine(
         eigen_smooth=settings.eigen_smooth,
         fast_decode=settings.fast_decode,
         configs=configs,
+        dicom_window=settings.dicom_window,
         layer_option=layer_option or "--target-layer",
     )
     if settings.target not in ("pred", "true"):

@@ -92,7 +92,8 @@ def write_report(report: BaseModel | dict, path: Path) -> str:
 
 
 def prediction_record(result: Explanation, class_names: list[str]) -> dict:
-    """The per-image record of `infer`: image_id, path, label, pred, confidence, probs, error."""
+    """The per-image record of `infer`: image_id, path, label, pred, confidence, probs, source (what a DICOM says
+    about itself: modality, window used, …; null for other formats), warnings, error."""
     ok = result.ok and result.probs is not None
     return {
         "image_id": result.item.image_id,
@@ -101,6 +102,8 @@ def prediction_record(result: Explanation, class_names: list[str]) -> dict:
         "pred": class_names[result.pred] if ok else None,
         "confidence": float(result.probs[result.pred]) if ok else None,
         "probs": {name: float(p) for name, p in zip(class_names, result.probs, strict=True)} if ok else None,
+        "source": result.source,
+        "warnings": list(result.warnings),
         "error": result.error,
     }
 
@@ -113,7 +116,7 @@ def format_records(records: list[dict], fmt: str, class_names: list[str]) -> str
         return to_json(records)
     buffer = io.StringIO()
     columns = ["image_id", "path", "label", "pred", "confidence", *[f"p_{c}" for c in class_names], "error"]
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for record in clean(records):
         row = {k: v for k, v in record.items() if k != "probs"}

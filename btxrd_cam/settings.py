@@ -158,6 +158,7 @@ class ModelSettings(BaseModel):
     aug_smooth: bool = False
     eigen_smooth: bool = False
     fast_decode: bool = False
+    dicom_window: Annotated[str, _choice("file", "minmax", "percentile")] = "file"
     quiet: bool = False
 
     @field_validator("ckpt")

@@ -120,7 +120,7 @@ def test_find_images_walks_directories_globs_and_reports_bad_inputs(tmp_path):
     assert [it.path.name for it in items] == ["y.jpg", "x.png"]  # sorted walk, duplicates dropped
     assert [reason for _, reason in failures] == [
         "no such file or directory",
-        "directory contains no images (.jpg, .jpeg, .png, .bmp, .tif, .tiff)",
+        "directory contains no images (.jpg, .jpeg, .png, .bmp, .tif, .tiff, .dcm, .dicom)",
     ]
 
 

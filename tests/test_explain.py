@@ -124,3 +124,17 @@ def test_every_record_has_the_same_keys(tiny_ckpt, tmp_path):
     cv2.imwrite(str(tmp_path / "ok.png"), np.full((30, 30), 90, np.uint8))
     records = run_explain(_settings(tiny_ckpt, [tmp_path / "ok.png", tmp_path / "missing.png"], tmp_path)).records
     assert records[0].keys() == records[1].keys() and records[0]["error"] == "no such file or directory"
+
+
+def test_same_stems_from_different_folders_do_not_overwrite_each_other(tiny_ckpt, tmp_path):
+    for folder, value in (("a", 40), ("b/deeper", 200)):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "in" / folder / "x.png"), np.full((40, 40), value, np.uint8))
+    records = run_explain(_settings(tiny_ckpt, [tmp_path / "in"], tmp_path / "out")).records
+    assert sorted(r["overlay"] for r in records) == [
+        str(tmp_path / "out" / "a" / "x_cam.png"),
+        str(tmp_path / "out" / "b" / "deeper" / "x_cam.png"),
+    ]
+    # one image, or images of one folder: straight into --out, as before
+    (record,) = run_explain(_settings(tiny_ckpt, [tmp_path / "in/a/x.png"], tmp_path / "one")).records
+    assert record["overlay"] == str(tmp_path / "one" / "x_cam.png")

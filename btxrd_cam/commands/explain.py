@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -29,13 +31,30 @@ def _blank_record(image_id: str, path: str, method: str, error: str | None) -> d
     """Every explain-image record has the same keys, failed or not."""
     return {
         "image_id": image_id, "path": path, "pred": None, "confidence": None, "probs": None, "target": None,
-        "method": method, "overlay": None, "heatmap": None, "metrics": None, "error": error,
+        "method": method, "overlay": None, "heatmap": None, "metrics": None, "source": None, "warnings": [],
+        "error": error,
     }  # fmt: skip
 
 
-def _record(result: Explanation, engine: Engine, settings: ExplainSettings) -> dict:
+def common_folder(paths: list[Path]) -> Path | None:
+    """The deepest folder that holds every input image (None without inputs)."""
+    folders = [str(Path(p).resolve().parent) for p in paths]
+    return Path(os.path.commonpath(folders)) if folders else None
+
+
+def output_base(out: Path, image: Path, common: Path | None) -> Path:
+    """Where an image's outputs go, without their `_cam.png` / `_cam.npy` ending: `<out>/<stem>` for images in one
+    folder, and below `<out>` the folders the images sit in relative to the folder that holds them all otherwise —
+    so `a/x.png` and `b/x.png` give `<out>/a/x_cam.png` and `<out>/b/x_cam.png`, never one over the other."""
+    image = Path(image)
+    relative = image.resolve().parent.relative_to(common) if common is not None else Path()
+    return out / relative / image.stem
+
+
+def _record(result: Explanation, engine: Engine, settings: ExplainSettings, common: Path | None) -> dict:
     names = engine.class_names
     record = _blank_record(result.item.image_id, str(result.item.path), settings.method, result.error)
+    record.update(source=result.source, warnings=list(result.warnings))
     if not result.ok:
         return record
     record.update(
@@ -67,13 +86,13 @@ def _record(result: Explanation, engine: Engine, settings: ExplainSettings) -> d
             shown = draw_outline(shown, annotation.mask)
         del cam
         caption = f"pred {done['pred']} ({done['confidence']:.2f})  target {done['target']}  {settings.method}"
-        stem = result.item.path.stem
-        done["overlay"] = str(save_png(settings.out / f"{stem}_cam.png", captioned(shown, caption)))
+        base = output_base(settings.out, result.item.path, common)
+        done["overlay"] = str(save_png(base.with_name(base.name + "_cam.png"), captioned(shown, caption)))
         if settings.save_heatmap:
             size = engine.checkpoint.image_size
             buffer = io.BytesIO()
             np.save(buffer, upsample_cam(result.cam, (size, size)).astype(np.float32))
-            done["heatmap"] = str(write_atomic(settings.out / f"{stem}_cam.npy", buffer.getvalue()))
+            done["heatmap"] = str(write_atomic(base.with_name(base.name + "_cam.npy"), buffer.getvalue()))
         return done
 
     return per_image(
@@ -84,13 +103,14 @@ def _record(result: Explanation, engine: Engine, settings: ExplainSettings) -> d
 def run_explain(settings: ExplainSettings) -> ExplainOutcome:
     engine = open_engine(settings)
     items, failures = find_images(settings.inputs)
+    common = common_folder([item.path for item in items])
     settings.out.mkdir(parents=True, exist_ok=True)
     records = [_blank_record(text, text, settings.method, reason) for text, reason in failures]
     for record in records:
         emit(to_json(record, indent=None), None)
 
     def each(result: Explanation) -> dict:
-        record = _record(result, engine, settings)
+        record = _record(result, engine, settings, common)
         result.pixels = None  # the decoded original was kept for this overlay only
         emit(to_json(record, indent=None), None)
         return record

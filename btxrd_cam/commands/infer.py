@@ -55,6 +55,8 @@ def run_infer(settings: InferSettings) -> InferOutcome:
             "pred": None,
             "confidence": None,
             "probs": None,
+            "source": None,
+            "warnings": [],
             "error": reason,
         }
         for text, reason in failures
