@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from btxrd_cam import __version__
-from btxrd_cam.errors import BtxrdCamError, Terminated, UsageError
+from btxrd_cam.errors import BtxrdCamError, Terminated, UsageError, on_signal, raise_if_interrupted
 from btxrd_cam.settings import (
     ANNOTATE_RESOLUTION,
     COMPARE_RESOLUTION,
@@ -123,6 +123,10 @@ Split = Annotated[
 ]
 Subset = Annotated[str, typer.Option(help="train, val or test.", rich_help_panel=DATA)]
 Out = Annotated[Path, typer.Option("--out", "-O", help="Output directory.")]
+NoCache = Annotated[
+    bool,
+    typer.Option("--no-cache", help="Neither read nor write the explanation cache (<out>/.cache) of this folder."),
+]
 Images = Annotated[
     bool, typer.Option("--images/--no-images", help="Write a small overlay per scored image to <out>/images/.")
 ]
@@ -145,10 +149,6 @@ def _values(params: dict) -> dict:
     return values
 
 
-def _terminate(signum, frame) -> None:
-    raise Terminated()
-
-
 def _run(settings_type, values: dict, action: Callable) -> None:
     """Validate, run, map errors to exit codes. Nothing here prints data; actions return their exit code.
 
@@ -157,10 +157,11 @@ def _run(settings_type, values: dict, action: Callable) -> None:
     from btxrd_cam.console import route_python_warnings
 
     route_python_warnings(bool(values.get("quiet")))
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         settings = build_settings(settings_type, **values)
         code = action(settings)
+        raise_if_interrupted()
     except UsageError as exc:
         for line in str(exc).splitlines():
             typer.echo(f"btxrd-cam: error: {line}", err=True)
@@ -175,7 +176,8 @@ def _run(settings_type, values: dict, action: Callable) -> None:
         typer.echo("btxrd-cam: terminated", err=True)
         raise typer.Exit(143) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     raise typer.Exit(code)
 
 
@@ -277,6 +279,7 @@ def explain_image(
 def gallery(
     k: Annotated[str, typer.Option("--k", metavar="INT", help="Examples per category.")] = "3",
     fmt: Annotated[str, typer.Option("--format", help="png or jpg.")] = "png",
+    no_cache: NoCache = False,
     out: Out = Path("results/gradcam"),
     ckpt: Ckpt = None,
     arch: Arch = None,
@@ -320,6 +323,7 @@ def annotate_iou(
     top: Annotated[str, typer.Option(metavar="INT", help="Rows of the comparison figure.")] = "5",
     resolution: Resolution = str(ANNOTATE_RESOLUTION),
     images: Images = True,
+    no_cache: NoCache = False,
     out: Out = Path("results/gradcam"),
     ckpt: Ckpt = None,
     arch: Arch = None,
@@ -381,6 +385,7 @@ def compare(
     ] = "pxap",
     top: Annotated[str, typer.Option(metavar="INT", help="Images in the example grid.")] = "4",
     images: Images = True,
+    no_cache: NoCache = False,
     out: Out = Path("results/gradcam"),
     ckpt: Ckpt = None,
     arch: Arch = None,
@@ -531,7 +536,8 @@ def demo(
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminate)  # from the start: a TERM during start-up exits 143 too
+    signal.signal(signal.SIGTERM, on_signal)  # from the start: a TERM during start-up exits 143 too
+    signal.signal(signal.SIGINT, on_signal)
     try:
         app()
     except Terminated:

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import torch
 from pytorch_grad_cam import (
@@ -39,9 +38,10 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from threadpoolctl import threadpool_limits
 
+from btxrd_cam.cache import CachedImage, ExplanationCache
 from btxrd_cam.checkpoint import Checkpoint
 from btxrd_cam.data import ImageItem, decode_image, fit_long_side, normalize_pixels, resize_for_model
-from btxrd_cam.errors import InputError, UsageError, per_image
+from btxrd_cam.errors import InputError, UsageError, per_image, raise_if_interrupted
 from btxrd_cam.layers import get_layer, layer_grids
 
 METHODS = {
@@ -408,17 +408,74 @@ class Engine:
         on_image: Callable[[Explanation], None] | None = None,
         keep_tensors: bool = False,
         thumbnail: int | None = None,
+        cache: ExplanationCache | None = None,
     ) -> Iterator[Explanation]:
         """Explain images in order, one Explanation per item; failures become records with `error`.
 
         target: "pred", "true" (the item's label) or a class name. cams=False skips the CAMs (plain inference).
         keep_tensors: keep each image's model input in its Explanation; thumbnail: keep the image downscaled to
-        this long side (drawn from the same decode: nothing is read twice).
+        this long side (drawn from the same decode: nothing is read twice). cache: consulted before anything is
+        decoded or run — an image whose computation it holds is neither decoded nor run through the model — and
+        given what is computed (not when the caller needs the full pixels or the model inputs, which it does not
+        keep).
         """
         items = list(items)
         fixed = None if target in ("pred", "true") else self.class_index(target)
+        names = [c.name for c in self.configs] if cams else []
+        usable = cache is not None and not keep_pixels and not keep_tensors
+        held = [usable and cache.probe(item, target, names, thumbnail) for item in items]
+        computed = self._compute(
+            [item for item, hit in zip(items, held, strict=True) if not hit],
+            target, fixed, cams, keep_pixels, keep_tensors, thumbnail,
+        )  # fmt: skip
+        writer = ThreadPoolExecutor(1, thread_name_prefix="cache-writer") if usable else None
+        try:
+            for index, (item, hit) in enumerate(zip(items, held, strict=True)):
+                raise_if_interrupted()
+                entry = cache.load(item, target, names, thumbnail) if hit else None
+                if entry is not None:
+                    result = self._from_cache(item, entry, target, fixed, names)
+                elif hit:  # the entry changed since it was probed: compute this one image now
+                    result = next(self._compute([item], target, fixed, cams, keep_pixels, keep_tensors, thumbnail))
+                else:
+                    result = next(computed)
+                result.index = index
+                if usable and entry is None and result.ok:
+                    stored = CachedImage(
+                        result.logits,
+                        result.probs,
+                        result.orig_size,
+                        dict(result.maps),
+                        result.model_pixels,
+                        result.thumbnail,
+                        result.source,
+                        list(result.warnings),
+                    )
+                    writer.submit(cache.store, item, target, stored, thumbnail)  # fmt: skip
+                if on_image:
+                    on_image(result)
+                yield result
+        finally:
+            if writer is not None:
+                writer.shutdown(wait=True)
+
+    def _from_cache(self, item: ImageItem, entry, target: str, fixed: int | None, names: list[str]) -> Explanation:
+        result = Explanation(index=0, item=item, orig_size=entry.orig_size, logits=entry.logits, probs=entry.probs)
+        result.pred = int(np.argmax(entry.logits))
+        result.model_pixels, result.thumbnail = entry.model_pixels, entry.thumbnail
+        result.source, result.warnings = entry.source, list(entry.warnings)
+        if names:
+            result.target = self.class_index(item.label) if target == "true" else fixed
+            result.target = result.pred if result.target is None else result.target
+            result.maps = {name: entry.maps[name] for name in names}
+            result.cam = result.maps[names[0]]
+        return result
+
+    def _compute(self, items, target, fixed, cams, keep_pixels, keep_tensors, thumbnail) -> Iterator[Explanation]:
+        """Decode (batch i+1 while the model runs batch i) and explain, in order."""
         index = 0
         for chunk, decoded in self._decoded_batches(items, keep_pixels, thumbnail):
+            raise_if_interrupted()  # stop at the next batch even if a library swallowed the interrupt
             results = [Explanation(index=index + i, item=item) for i, item in enumerate(chunk)]
             index += len(chunk)
             good, targets = [], []
@@ -454,13 +511,4 @@ class Engine:
                         result.target = result.pred if targets[j] is None else targets[j]
                         result.maps = {name: stack[j] for name, stack in maps.items()}
                         result.cam = result.maps[self.configs[0].name]
-            for result in results:
-                if on_image:
-                    on_image(result)
-                yield result
-
-
-def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """bool [h, w] → bool [H, W] by nearest neighbour (upstream's way of comparing at model resolution)."""
-    height, width = size
-    return cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+            yield from results

@@ -26,6 +26,26 @@ class Terminated(BaseException):
     """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT (CLI exit code 143)."""
 
 
+_signalled: list[int] = []  # the signals received (SIGINT 2, SIGTERM 15)
+
+
+def on_signal(signum, frame=None) -> None:
+    """The CLI's SIGINT/SIGTERM handler. It only remembers the signal: raising at an arbitrary point — inside
+    torch's import, a pybind11 callback, a library's bare `except:` — can crash the process or be swallowed. The
+    work stops at the next safe point (`raise_if_interrupted`: every image, every batch, every file write). A
+    second signal raises at once."""
+    _signalled.append(signum)
+    if len(_signalled) > 1:
+        raise KeyboardInterrupt() if signum == 2 else Terminated()
+
+
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt (SIGINT) or Terminated (SIGTERM) when a signal has been received: a safe point.
+    Checked before anything is written, so an interrupted run never replaces a report."""
+    if _signalled:
+        raise KeyboardInterrupt() if _signalled[0] == 2 else Terminated()
+
+
 class InputError(BtxrdCamError):
     """One input file (image, annotation, manifest row) that cannot be used; a batch records it and goes on."""
 

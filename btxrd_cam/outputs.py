@@ -14,6 +14,7 @@ COMPARISON_REPORT = "comparison_report.json"
 SANITY_REPORT = "sanity_report.json"
 HTML_REPORT = "report.html"
 
+CACHE_FOLDER = ".cache"  # the engine's memory (cache.py): re-runs skip the model; safe to delete
 OVERLAY_FOLDER = "images"  # per-image overlays of annotate-iou and compare
 OVERLAY_LONG_SIDE = 384
 

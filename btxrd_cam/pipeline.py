@@ -10,14 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from btxrd_cam.cache import ExplanationCache
 from btxrd_cam.checkpoint import load_checkpoint
-from btxrd_cam.console import progress
+from btxrd_cam.console import progress, warn
 from btxrd_cam.data import ImageItem, manifest_path, split_items
 from btxrd_cam.engine import CamConfig, Engine, Explanation
-from btxrd_cam.errors import UsageError, per_image
+from btxrd_cam.errors import UsageError, per_image, raise_if_interrupted
 from btxrd_cam.settings import ModelSettings, SplitSettings
 
 T = TypeVar("T")
+# scoring threads beside the engine: when the cache spares the model, scoring is all there is left to do
+SCORERS = 2
 
 
 def open_checkpoint(settings: ModelSettings):
@@ -84,14 +87,22 @@ def explain_items(
     keep_pixels: bool = False,
     keep_tensors: bool = False,
     thumbnail: int | None = None,
+    cache: ExplanationCache | None = None,
 ) -> list:
     """One engine pass over the items with a progress bar; returns `each(result)` per image (or the results)."""
     kept = []
     with progress(len(items), description, quiet) as advance:
         run = engine.run(
-            items, target=target, cams=cams, keep_pixels=keep_pixels, keep_tensors=keep_tensors, thumbnail=thumbnail
+            items,
+            target=target,
+            cams=cams,
+            keep_pixels=keep_pixels,
+            keep_tensors=keep_tensors,
+            thumbnail=thumbnail,
+            cache=cache,
         )
         for result in run:
+            raise_if_interrupted()
             kept.append(each(result) if each else result)
             advance()
     return kept
@@ -106,16 +117,18 @@ def explain_and_score(
     quiet: bool = False,
     description: str = "scoring",
     thumbnail: int | None = None,
+    cache: ExplanationCache | None = None,
 ) -> list[T]:
     """One engine pass over the items; `score(result)` runs in a thread beside the engine, so the next batch does
     not wait for megapixel scoring, inside the per-image boundary: an image whose annotation (or anything else)
     cannot be scored becomes `failed(result, reason)`. Returns the scores in item order."""
 
     def guarded(result: Explanation) -> T:
+        raise_if_interrupted()
         where = result.item.annotation or result.item.path
         return per_image(lambda: score(result), lambda reason: failed(result, reason), where)
 
-    with ThreadPoolExecutor(max_workers=1) as scorer:
+    with ThreadPoolExecutor(max_workers=SCORERS) as scorer:
         futures = []
         try:
             futures = explain_items(
@@ -126,11 +139,33 @@ def explain_and_score(
                 description=description,
                 each=lambda result: scorer.submit(guarded, result),
                 thumbnail=thumbnail,
+                cache=cache,
             )
             return [future.result() for future in futures]
         except BaseException:  # an interrupt: drop what has not started, so the exit is prompt
             scorer.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def open_cache(settings, engine: Engine) -> ExplanationCache | None:
+    """The explanation cache in the settings' output folder (None with --no-cache), keyed by the engine's context:
+    whatever, besides the image file, determines what the engine computes."""
+    if getattr(settings, "no_cache", True):
+        return None
+    ckpt = engine.checkpoint
+    context = {
+        "checkpoint_sha256": ckpt.sha256,
+        "image_size": ckpt.image_size,
+        "mean": list(ckpt.mean),
+        "std": list(ckpt.std),
+        "fast_decode": engine.fast_decode,
+        "dicom_window": engine.dicom_window,
+        "device": engine.device.type,
+        "amp": engine.amp,
+        "aug_smooth": engine.aug_smooth,
+        "eigen_smooth": engine.eigen_smooth,
+    }
+    return ExplanationCache(settings.out, context, warn=lambda message: warn(message, settings.quiet))
 
 
 def failure_record(item_id: str, path: Path | str, error: str) -> dict:

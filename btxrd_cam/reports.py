@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel
 
+from btxrd_cam.errors import raise_if_interrupted
+
 if TYPE_CHECKING:
     from btxrd_cam.engine import Explanation
 
@@ -77,6 +79,7 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        raise_if_interrupted()  # an interrupted run replaces nothing
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

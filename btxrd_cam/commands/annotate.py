@@ -19,7 +19,7 @@ from btxrd_cam.labelme import rasterize_annotation, read_labelme
 from btxrd_cam.maps import upsample_cam
 from btxrd_cam.metrics import SWEEP_THRESHOLDS
 from btxrd_cam.outputs import ANNOTATION_REPORT, OVERLAY_FOLDER, OVERLAY_LONG_SIDE
-from btxrd_cam.pipeline import checkpoint_info, explain_and_score, load_split, open_engine
+from btxrd_cam.pipeline import checkpoint_info, explain_and_score, load_split, open_cache, open_engine
 from btxrd_cam.render import annotation_metrics_figure, comparison_figure, save_overlay
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
 from btxrd_cam.scoring import annotation_mask, score_map
@@ -94,9 +94,16 @@ def _score(result: Explanation, engine: Engine, settings: AnnotateSettings, thre
 
 
 def score_items(
-    engine: Engine, items: list[ImageItem], settings: AnnotateSettings, threshold, description: str, overlays=None
+    engine: Engine,
+    items: list[ImageItem],
+    settings: AnnotateSettings,
+    threshold,
+    description: str,
+    overlays=None,
+    cache=None,
 ):
-    """Explain the items in one engine pass and score each (beside the engine); overlays into `overlays`."""
+    """Explain the items in one engine pass (or from the cache) and score each (beside the engine); overlays
+    into `overlays`."""
     return explain_and_score(
         engine,
         items,
@@ -106,6 +113,7 @@ def score_items(
         quiet=settings.quiet,
         description=description,
         thumbnail=OVERLAY_LONG_SIDE if overlays is not None else None,
+        cache=cache,
     )
 
 
@@ -126,7 +134,7 @@ def tune_threshold(engine: Engine, settings: AnnotateSettings) -> dict:
     val_items = _annotated(load_split(settings, engine.class_names, subset="val"))
     if not val_items:
         raise UsageError(f"--threshold: tune needs annotated images in {manifest}, and it has none")
-    scored = score_items(engine, val_items, settings, 0.5, "tuning on val")
+    scored = score_items(engine, val_items, settings, 0.5, "tuning on val", cache=open_cache(settings, engine))
     sweeps = [s.sweep for s in scored if s.sweep is not None and _selected(s.record, settings.select)]
     if not sweeps:
         raise UsageError(f"--threshold: no usable annotated image in {manifest} to tune on")
@@ -212,7 +220,7 @@ def run_annotate(settings: AnnotateSettings) -> AnnotateOutcome:
     threshold = tuned["value"] if tuned else settings.threshold
     annotated = _annotated(items)  # none: an empty but valid report, and `empty` for the caller's exit code
     overlays = settings.out / OVERLAY_FOLDER if settings.images else None
-    scored = score_items(engine, annotated, settings, threshold, "scoring", overlays)
+    scored = score_items(engine, annotated, settings, threshold, "scoring", overlays, open_cache(settings, engine))
     failed = [s.record for s in scored if s.record["error"] is not None]
     evaluated = [s for s in scored if s.record["error"] is None and _selected(s.record, settings.select)]
     records = [s.record for s in evaluated]

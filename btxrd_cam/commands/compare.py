@@ -23,7 +23,14 @@ from btxrd_cam.layers import auto_layers, get_layer
 from btxrd_cam.maps import baseline_map, upsample_cam
 from btxrd_cam.metrics import SWEEP_THRESHOLDS
 from btxrd_cam.outputs import COMPARISON_REPORT, OVERLAY_FOLDER, OVERLAY_LONG_SIDE
-from btxrd_cam.pipeline import checkpoint_info, explain_and_score, load_split, open_checkpoint, open_engine
+from btxrd_cam.pipeline import (
+    checkpoint_info,
+    explain_and_score,
+    load_split,
+    open_cache,
+    open_checkpoint,
+    open_engine,
+)
 from btxrd_cam.render import comparison_grid, forest_plot, save_overlay
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
 from btxrd_cam.scoring import annotation_mask, score_map
@@ -200,6 +207,7 @@ def tune_thresholds(engine: Engine, settings: CompareSettings, names: list[str])
         target=settings.target,
         quiet=settings.quiet,
         description="tuning on val",
+        cache=open_cache(settings, engine),
     )
     usable = [s for s in scored if s.sweeps is not None]
     if not usable:
@@ -301,6 +309,7 @@ def run_compare(settings: CompareSettings) -> CompareOutcome:
         quiet=settings.quiet,
         description=f"comparing {len(names)} configurations",
         thumbnail=OVERLAY_LONG_SIDE if overlay else None,
+        cache=open_cache(settings, engine),
     )
     failed = [s.record for s in scored if s.record["error"] is not None]
     evaluated = [s for s in scored if s.record["error"] is None and not s.excluded]

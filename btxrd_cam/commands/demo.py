@@ -37,6 +37,7 @@ from btxrd_cam.data import (
     load_image,
     preprocess,
 )
+from btxrd_cam.errors import raise_if_interrupted
 from btxrd_cam.labelme import rasterize_annotation
 
 BENIGN_SUBTYPES = ("osteochondroma", "simple bone cyst", "giant cell tumor", "osteofibroma")
@@ -381,6 +382,7 @@ def train_model(x: torch.Tensor, y: torch.Tensor, arch: str, epochs: int, seed: 
             model.train()
             order = torch.randperm(len(x), generator=generator)
             for i in range(0, len(x), batch_size):
+                raise_if_interrupted()
                 idx = order[i : i + batch_size]
                 xb = x[idx]
                 flips = torch.rand(3, generator=generator)

@@ -15,7 +15,7 @@ from btxrd_cam.engine import Explanation
 from btxrd_cam.errors import UsageError, per_image
 from btxrd_cam.labelme import rasterize_annotation
 from btxrd_cam.outputs import GALLERY_REPORT
-from btxrd_cam.pipeline import checkpoint_info, explain_items, failure_record, load_split, open_engine
+from btxrd_cam.pipeline import checkpoint_info, explain_items, failure_record, load_split, open_cache, open_engine
 from btxrd_cam.render import Cell, gallery_figure, thumbnail_overlay
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
 from btxrd_cam.settings import GallerySettings
@@ -73,7 +73,10 @@ def run_gallery(settings: GallerySettings) -> GalleryOutcome:
     if not items:
         raise UsageError(f"--split: the {settings.split}/{settings.subset} split has no images")
     settings.out.mkdir(parents=True, exist_ok=True)
-    results = explain_items(engine, items, target=settings.target, quiet=settings.quiet, description="explaining")
+    cache = open_cache(settings, engine)
+    results = explain_items(
+        engine, items, target=settings.target, quiet=settings.quiet, description="explaining", cache=cache
+    )
     for result in results:
         if result.ok and result.item.label is None:
             result.error = "no label for this image in the manifest or dataset.csv"

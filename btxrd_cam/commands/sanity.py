@@ -23,7 +23,7 @@ from btxrd_cam.checkpoint import Checkpoint, load_checkpoint
 from btxrd_cam.console import progress, sanity_table, show, warn
 from btxrd_cam.data import ImageItem
 from btxrd_cam.engine import CamConfig, Engine, restored_mode
-from btxrd_cam.errors import UsageError
+from btxrd_cam.errors import UsageError, raise_if_interrupted
 from btxrd_cam.faithfulness import ROAD_PERCENTILES, road_combined
 from btxrd_cam.layers import get_layer, randomisation_steps
 from btxrd_cam.maps import centre_map, edges_map, noise_map, spearman, ssim, upsample_cam
@@ -137,6 +137,7 @@ def road_rows(
     jobs = [(name, i) for name in rows for i in range(len(tensors))]
 
     def score(job):
+        raise_if_interrupted()
         name, i = job
         return road_combined(model, tensors[i : i + 1], rows[name][i : i + 1], [classes[i]], seed * 100_003 + i)[0]
 
