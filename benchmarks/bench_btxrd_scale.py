@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,23 +22,23 @@ from common import WORK, btxrd_cam, run_command, save_results, table
 from btxrd_cam.commands.demo import BTXRD_LONG_SIDE, write_dataset
 
 BTXRD_IMAGES, BTXRD_ANNOTATED = 3746, 1867
-PARTS = {  # a sample's stack containing this function counts for the part (first match wins, in this order)
-    "cache": ("store", "load", "probe"),
-    "decode": ("decode_image",),
-    "model": ("explain_all", "predict_tensors"),
-    "scoring": ("score_map", "annotation_mask", "score_image", "score_configurations"),
-    "drawing": ("save_overlay", "save_figure", "thumbnail_overlay", "_thumbnail", "_grid_rows", "_figure_rows"),
+PARTS = {  # a sample whose stack holds a frame matching one of these counts for the part (first part that matches)
+    "decode": ("decode_image (btxrd_cam/data.py",),
+    "model": ("explain_all (btxrd_cam/engine.py", "predict_tensors (btxrd_cam/engine.py"),
+    "scoring": ("(btxrd_cam/scoring.py", "(btxrd_cam/metrics.py", "(btxrd_cam/labelme.py"),
+    "drawing": ("(btxrd_cam/render.py", "(matplotlib/"),
+    "cache": ("(btxrd_cam/cache.py",),
 }
 FLOOR = """
 import sys, time
 from pathlib import Path
 from btxrd_cam.checkpoint import load_checkpoint
-from btxrd_cam.data import manifest_path, split_items, default_workers
+from btxrd_cam.data import split_items, default_workers
 from btxrd_cam.engine import CamConfig, Engine, SINGLE_PASS
 from btxrd_cam.layers import auto_layers
-project, which, configs = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+project, which, configs, manifest = Path(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4])
 ckpt = load_checkpoint(project / "checkpoints/best_stratified.pt")
-items = split_items(project / "data_raw", manifest_path(project / "data/splits", "stratified", "test"))
+items = split_items(project / "data_raw", manifest)
 items = [i for i in items if i.annotation is not None] if which == "annotated" else items
 layers = auto_layers(ckpt.model, ckpt.target_layer_name, ckpt.image_size) if configs == "compare" else None
 chosen = [CamConfig(m, l) for m in SINGLE_PASS for l in layers] if layers else None
@@ -57,7 +55,7 @@ def project(demo: Path, count: int) -> Path:
     if (root / "checkpoints" / "best_stratified.pt").is_file():
         return root
     shutil.rmtree(root, ignore_errors=True)
-    generated = count * 3 // 4  # the demo draws thirds: Normal, Benign, Malignant
+    generated = count * 3 // 2  # the demo draws thirds: Normal, Benign, Malignant
     write_dataset(root, generated, seed=21, long_side_range=BTXRD_LONG_SIDE)
     with (root / "data_raw" / "dataset.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -93,11 +91,21 @@ def profiled(args: list[str], cwd: Path, name: str) -> dict:
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
-        frames = {frame.split(" (")[0].rsplit(".", 1)[-1] for frame in stack.split(";")}
         total += int(samples)
-        part = next((p for p, needles in PARTS.items() if frames & set(needles)), "other (start-up, imports, the rest)")
-        counts[part] += int(samples)
+        part = next((p for p, needles in PARTS.items() if any(n in stack for n in needles)), None)
+        counts[part or "other (start-up, imports, the rest)"] += int(samples)
     return {part: count / total for part, count in counts.items()}
+
+
+def fit(small: tuple[int, float], large: tuple[int, float]) -> tuple[float, float]:
+    """(fixed seconds, seconds per image) of a wall time measured at two sizes."""
+    (n0, w0), (n1, w1) = small, large
+    per_image = (w1 - w0) / (n1 - n0)
+    return w1 - per_image * n1, per_image
+
+
+def at(model: tuple[float, float], n: int) -> float:
+    return model[0] + model[1] * n
 
 
 def main() -> None:
@@ -106,68 +114,89 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     args = parser.parse_args()
     root = project(args.demo, args.images)
-    with (root / "data" / "splits" / "stratified_test.csv").open() as f:
-        n_images = sum(1 for _ in f) - 1
-    ids = [line.split(",")[0] for line in (root / "data/splits/stratified_test.csv").read_text().splitlines()[1:]]
-    n_annotated = sum((root / "data_raw/Annotations" / f"{Path(i).stem}.json").is_file() for i in ids)
+    full = root / "data" / "splits" / "stratified_test.csv"
+    lines = full.read_text().splitlines()
+    half = root / "half.csv"  # every other image: the same mix of classes and of annotated images
+    half.write_text("\n".join([lines[0], *lines[1::2]]) + "\n")
+    sizes = {}
+    for manifest in (half, full):
+        ids = [line.split(",")[0] for line in manifest.read_text().splitlines()[1:]]
+        annotated = sum((root / "data_raw/Annotations" / f"{Path(i).stem}.json").is_file() for i in ids)
+        sizes[manifest] = {"all": len(ids), "annotated": annotated}
     cli = btxrd_cam()
-    start = time.perf_counter()
-    stack = "import torch, timm, pytorch_grad_cam, cv2, matplotlib, sklearn"
-    subprocess.run([sys.executable, "-c", stack], check=True)
-    startup = time.perf_counter() - start
-    results: dict = {"images": n_images, "annotated": n_annotated, "startup_s": startup, "commands": {}}
+    results: dict = {"images": sizes[full], "commands": {}}
     commands = {
-        "gallery": (["gallery", "-q"], "all", "1"),
-        "annotate-iou": (["annotate-iou", "-q"], "annotated", "1"),
-        "compare": (["compare", "-q"], "annotated", "compare"),
+        "gallery": (["gallery", "-q"], "all", "1", BTXRD_IMAGES),
+        "annotate-iou": (["annotate-iou", "-q"], "annotated", "1", BTXRD_ANNOTATED),
+        "compare": (["compare", "-q"], "annotated", "compare", BTXRD_ANNOTATED),
     }
     rows = []
-    for name, (command, which, configs) in commands.items():
-        out = WORK / f"scale_out_{name}"
+    for name, (command, which, configs, btxrd) in commands.items():
+        walls, floors = {}, {}
+        for manifest in (half, full):
+            out = WORK / f"scale_out_{name}"
+            shutil.rmtree(out, ignore_errors=True)
+            n = sizes[manifest][which]
+            floors[n] = wall([sys.executable, "-c", FLOOR, str(root), which, configs, str(manifest)], root)
+            walls[n] = wall([cli, *command, "--split", str(manifest), "--out", str(out)], root)  # nothing cached
+        (n0, n1) = sorted(walls)
+        command_fit, floor_fit = fit((n0, walls[n0]), (n1, walls[n1])), fit((n0, floors[n0]), (n1, floors[n1]))
         shutil.rmtree(out, ignore_errors=True)
-        floor = wall([sys.executable, "-c", FLOOR, str(root), which, configs], root)
-        took = wall([cli, *command, "--out", str(out)], root)  # the first run: nothing cached
-        shutil.rmtree(out, ignore_errors=True)
-        shares = profiled([cli, *command, "--out", str(out)], root, f"scale_{name}")
-        n = n_images if which == "all" else n_annotated
-        per_image = (took - startup) / n
-        full = BTXRD_IMAGES if which == "all" else BTXRD_ANNOTATED
-        projected = (startup + per_image * full) / 60
+        shares = profiled([cli, *command, "--split", str(full), "--out", str(out)], root, f"scale_{name}")
+        projected, projected_floor = at(command_fit, btxrd), at(floor_fit, btxrd)
         results["commands"][name] = {
-            "wall_s": took,
-            "floor_s": floor,
-            "ratio_to_floor": took / floor,
-            "images": n,
-            "projected_btxrd_min": projected,
+            "images": n1, "wall_s": walls[n1], "floor_s": floors[n1], "ratio_to_floor": walls[n1] / floors[n1],
+            "per_image_s": command_fit[1], "floor_per_image_s": floor_fit[1], "fixed_s": command_fit[0],
+            "projected_btxrd_min": projected / 60, "projected_ratio_to_floor": projected / projected_floor,
             "profile_share": shares,
-        }
+        }  # fmt: skip
         profile = " ".join(f"{k.split(' ')[0]} {v:.0%}" for k, v in shares.items())
-        rows.append([name, n, f"{floor:.1f}", f"{took:.1f}", f"{took / floor:.2f}", f"{projected:.1f}", profile])
-    print(table(f"BTXRD-sized radiographs ({n_images} images, {n_annotated} annotated; start-up {startup:.1f} s), "
-                "first runs, EfficientNet-B0 224 px, CPU",
-                ["command", "images", "floor s", "wall s", "x floor", "all BTXRD min", "profile (CPU share)"],
-                rows))  # fmt: skip
+        rows.append([name, n1, f"{floors[n1]:.1f}", f"{walls[n1]:.1f}", f"{walls[n1] / floors[n1]:.2f}",
+                     f"{command_fit[1] * 1000:.0f} / {floor_fit[1] * 1000:.0f}", f"{projected / projected_floor:.2f}",
+                     f"{projected / 60:.1f}", profile])  # fmt: skip
+    print(table(f"BTXRD-sized radiographs ({sizes[full]['all']} images, {sizes[full]['annotated']} annotated), first "
+                "runs, EfficientNet-B0 224 px, CPU; fitted at two sizes and projected to all of BTXRD",
+                ["command", "images", "floor s", "wall s", "x floor", "ms/image (floor)", "x floor at BTXRD",
+                 "all BTXRD min", "profile (CPU share)"], rows))  # fmt: skip
+    # what the per-image overlays of the HTML report add to annotate-iou (both without the cache)
+    plain = [cli, "annotate-iou", "-q", "--no-cache", "--split", str(full), "--out", str(WORK / "scale_out_overlays")]
+    with_overlays = wall(plain, root)
+    without = wall([*plain, "--no-images"], root)
+    per_image = results["commands"]["annotate-iou"]["per_image_s"]
+    added = (with_overlays - without) / sizes[full]["annotated"] / per_image
+    results["overlays"] = {"with_s": with_overlays, "without_s": without, "added_per_image": added}
+    print(table("Per-image overlays (annotate-iou, no cache)", ["run", "wall s"],
+                [["with overlays (default)", f"{with_overlays:.1f}"], ["--no-images", f"{without:.1f}"],
+                 ["added per image, of annotate-iou's per-image cost", f"{added:+.1%}"]]))  # fmt: skip
     # re-runs: the cache spares decoding and the model
-    out = WORK / "scale_out_annotate-iou"
-    shutil.rmtree(out, ignore_errors=True)
-    first = wall([cli, "annotate-iou", "-q", "--out", str(out)], root)
-    again = wall([cli, "annotate-iou", "-q", "--threshold", "0.3", "--out", str(out)], root)
-    gallery_after = wall([cli, "gallery", "-q", "--out", str(out)], root)
-    uncached_gallery = wall([cli, "gallery", "-q", "--no-cache", "--out", str(WORK / "scale_out_nocache")], root)
-    project_ratio = (startup + (again - startup) / n_annotated * BTXRD_ANNOTATED) / (
-        startup + (first - startup) / n_annotated * BTXRD_ANNOTATED
-    )
-    results["rerun"] = {"annotate_first_s": first, "annotate_threshold_0.3_s": again, "ratio": again / first,
-                        "projected_ratio_btxrd": project_ratio, "gallery_after_annotate_s": gallery_after,
-                        "gallery_uncached_s": uncached_gallery, "cache_mb": sum(
-                            p.stat().st_size for p in (out / ".cache").rglob("*") if p.is_file()) / 2**20}  # fmt: skip
+    reruns = {}
+    for manifest in (half, full):
+        out = WORK / "scale_out_rerun"
+        shutil.rmtree(out, ignore_errors=True)
+        split = ["--split", str(manifest), "--out", str(out)]
+        first = wall([cli, "annotate-iou", "-q", *split], root)
+        again = wall([cli, "annotate-iou", "-q", "--threshold", "0.3", *split], root)
+        reruns[sizes[manifest]["annotated"]] = (first, again)
+    gallery_after = wall([cli, "gallery", "-q", "--split", str(full), "--out", str(out)], root)
+    uncached = wall([cli, "gallery", "-q", "--no-cache", "--split", str(full), "--out", str(WORK / "scale_nc")], root)
+    (a0, a1) = sorted(reruns)
+    first_fit = fit((a0, reruns[a0][0]), (a1, reruns[a1][0]))
+    again_fit = fit((a0, reruns[a0][1]), (a1, reruns[a1][1]))
+    projected = at(again_fit, BTXRD_ANNOTATED) / at(first_fit, BTXRD_ANNOTATED)
+    results["rerun"] = {
+        "annotated": a1, "annotate_first_s": reruns[a1][0], "annotate_threshold_0.3_s": reruns[a1][1],
+        "ratio": reruns[a1][1] / reruns[a1][0], "projected_ratio_btxrd": projected,
+        "gallery_after_annotate_s": gallery_after, "gallery_uncached_s": uncached,
+        "cache_mb_per_image": sum(p.stat().st_size for p in (out / ".cache").rglob("*") if p.is_file())
+        / 2**20 / sizes[full]["all"],
+    }  # fmt: skip
     print(table("Re-runs from the explanation cache", ["run", "wall s", "x first run"],
-                [["annotate-iou (first, writes the cache)", f"{first:.1f}", "1.00"],
-                 ["annotate-iou --threshold 0.3 (cached)", f"{again:.1f}", f"{again / first:.2f}"],
-                 ["  projected to all 1,867 annotated images", "", f"{project_ratio:.2f}"],
+                [[f"annotate-iou (first, writes the cache; {a1} images)", f"{reruns[a1][0]:.1f}", "1.00"],
+                 ["annotate-iou --threshold 0.3 (cached)", f"{reruns[a1][1]:.1f}",
+                  f"{reruns[a1][1] / reruns[a1][0]:.2f}"],
+                 ["  projected to all 1,867 annotated images", "", f"{projected:.2f}"],
                  ["gallery after annotate-iou (tumour images cached)", f"{gallery_after:.1f}", ""],
-                 ["gallery --no-cache", f"{uncached_gallery:.1f}", ""]]))  # fmt: skip
-    print(json.dumps(results["rerun"], indent=1))
+                 ["gallery --no-cache", f"{uncached:.1f}", ""]]))  # fmt: skip
     save_results("btxrd_scale", results)
 
 

@@ -92,18 +92,12 @@ class ExplanationCache:
         return None
 
     def _header(self, key: dict, item: ImageItem) -> dict | None:
-        path = self._path(key)
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                header = json.loads(bytes(data["header"]).decode())
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
-            self.warn(f"ignoring an unreadable cache entry for {item.image_id} ({one_line(exc, 80)}): recomputing")
-            return None
-        return header if header.get("key") == key else None  # another image or context: never trusted
+        found = self._read(key, item, header_only=True)
+        return found[0] if found is not None else None
 
-    def _read(self, key: dict, item: ImageItem) -> tuple[dict, CachedImage] | None:
+    def _read(self, key: dict, item: ImageItem, header_only: bool = False) -> tuple[dict, CachedImage | None] | None:
+        """(header, entry) of the file for this key — the entry None when only the header is asked for — or None
+        when there is no file, it is unreadable (with a warning) or it holds another key."""
         path = self._path(key)
         if not path.is_file():
             return None
@@ -111,7 +105,9 @@ class ExplanationCache:
             with np.load(path, allow_pickle=False) as data:
                 header = json.loads(bytes(data["header"]).decode())
                 if header.get("key") != key:
-                    return None
+                    return None  # another image or context under the same name: never trusted
+                if header_only:
+                    return header, None
                 maps = {name: np.array(data[f"map_{i}"]) for i, name in enumerate(header["maps"])}
                 thumbnail = _decode_png(bytes(data["thumbnail"])) if "thumbnail" in data.files else None
                 entry = CachedImage(

@@ -64,6 +64,28 @@ def load_split(settings: SplitSettings, class_names: list[str], subset: str | No
     return items
 
 
+def annotated(items: list[ImageItem]) -> list[ImageItem]:
+    """The items that have a LabelMe annotation."""
+    return [it for it in items if it.annotation is not None]
+
+
+def load_tuning_items(settings: SplitSettings, class_names: list[str]) -> tuple[list[ImageItem], Path]:
+    """The annotated images of the split's val subset, where `--threshold tune` tunes — never the images it
+    scores; UsageError when there are none, or when val itself is to be scored. Returns (items, manifest)."""
+    if settings.subset == "val":
+        raise UsageError(
+            "--threshold: tune picks thresholds on the val subset, so it cannot score val itself; "
+            "use --subset test or a fixed threshold"
+        )
+    manifest = manifest_path(settings.splits_dir, settings.split, "val")
+    if not manifest.is_file():
+        raise UsageError(f"--threshold: tune needs a val manifest, and {manifest} does not exist")
+    items = annotated(load_split(settings, class_names, subset="val"))
+    if not items:
+        raise UsageError(f"--threshold: tune needs annotated images in {manifest}, and it has none")
+    return items, manifest
+
+
 def checkpoint_info(engine: Engine) -> dict:
     ckpt = engine.checkpoint
     return {

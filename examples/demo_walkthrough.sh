@@ -7,9 +7,13 @@ DIR="${1:-demo}"
 
 "$BTXRD_CAM" demo "$DIR"                      # data_raw/, data/splits/, checkpoints/best_stratified.pt
 cd "$DIR"
-"$BTXRD_CAM" infer --metrics results/metrics.json > results/predictions.jsonl
+mkdir -p results/gradcam
+"$BTXRD_CAM" infer --metrics results/gradcam/metrics.json > results/predictions.jsonl
 "$BTXRD_CAM" gallery > /dev/null               # results/gradcam/gallery_<Class>.png + gallery.json
-"$BTXRD_CAM" annotate-iou > /dev/null          # results/gradcam/annotation_report.json + comparison figure
+"$BTXRD_CAM" annotate-iou > /dev/null          # annotation_report.json, figures, images/<id>.jpg overlays
+"$BTXRD_CAM" compare > /dev/null               # comparison_report.json, comparison.png, comparison_grid.png
+"$BTXRD_CAM" sanity > /dev/null                # sanity_report.json, sanity.png, sanity_maps.png
+"$BTXRD_CAM" report                            # prints results/gradcam/report.html
 first=$(head -n 2 data/splits/stratified_test.csv | tail -n 1 | cut -d, -f1)
 stem="${first%.*}"
 annotation=()

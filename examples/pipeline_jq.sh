@@ -12,5 +12,9 @@ jq '.breakdowns.by_class | map_values(.iou.mean)' results/gradcam/annotation_rep
 # the five confidently wrong predictions
 "$BTXRD_CAM" infer -q | jq -s -c 'map(select(.pred != .label)) | sort_by(-.confidence) | .[:5][]
                                   | {image_id, label, pred, confidence}'
+# which explanation agrees best with the outlines, and by how much more than the reference
+"$BTXRD_CAM" compare -q | jq -c '.ranking[0] as $best | {best: $best, vs_reference: .paired[$best].pxap}'
+# the sanity verdicts per method and measure
+jq -c '.methods | map_values(.verdict)' results/gradcam/sanity_report.json
 # which images landed in the Malignant gallery, by category
 jq -c '.classes.Malignant.selected | map_values(map(.image_id))' results/gradcam/gallery.json

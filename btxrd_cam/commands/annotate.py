@@ -12,14 +12,22 @@ from pathlib import Path
 import numpy as np
 
 from btxrd_cam.console import show, summary_table, warn
-from btxrd_cam.data import ImageItem, load_image, manifest_path
+from btxrd_cam.data import ImageItem, load_image
 from btxrd_cam.engine import Engine, Explanation
 from btxrd_cam.errors import UsageError, per_image
 from btxrd_cam.labelme import rasterize_annotation, read_labelme
 from btxrd_cam.maps import upsample_cam
 from btxrd_cam.metrics import SWEEP_THRESHOLDS
 from btxrd_cam.outputs import ANNOTATION_REPORT, OVERLAY_FOLDER, OVERLAY_LONG_SIDE
-from btxrd_cam.pipeline import checkpoint_info, explain_and_score, load_split, open_cache, open_engine
+from btxrd_cam.pipeline import (
+    annotated,
+    checkpoint_info,
+    explain_and_score,
+    load_split,
+    load_tuning_items,
+    open_cache,
+    open_engine,
+)
 from btxrd_cam.render import annotation_metrics_figure, comparison_figure, save_overlay
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
 from btxrd_cam.scoring import annotation_mask, score_map
@@ -117,23 +125,9 @@ def score_items(
     )
 
 
-def _annotated(items: list[ImageItem]) -> list[ImageItem]:
-    return [it for it in items if it.annotation is not None]
-
-
 def tune_threshold(engine: Engine, settings: AnnotateSettings) -> dict:
     """The sweep threshold with the highest mean IoU on the split's `val` subset (never the scored images)."""
-    if settings.subset == "val":
-        raise UsageError(
-            "--threshold: tune picks the threshold on the val subset, so it cannot score val itself; "
-            "use --subset test or a fixed threshold"
-        )
-    manifest = manifest_path(settings.splits_dir, settings.split, "val")
-    if not manifest.is_file():
-        raise UsageError(f"--threshold: tune needs a val manifest, and {manifest} does not exist")
-    val_items = _annotated(load_split(settings, engine.class_names, subset="val"))
-    if not val_items:
-        raise UsageError(f"--threshold: tune needs annotated images in {manifest}, and it has none")
+    val_items, manifest = load_tuning_items(settings, engine.class_names)
     scored = score_items(engine, val_items, settings, 0.5, "tuning on val", cache=open_cache(settings, engine))
     sweeps = [s.sweep for s in scored if s.sweep is not None and _selected(s.record, settings.select)]
     if not sweeps:
@@ -218,9 +212,9 @@ def run_annotate(settings: AnnotateSettings) -> AnnotateOutcome:
     settings.out.mkdir(parents=True, exist_ok=True)
     tuned = tune_threshold(engine, settings) if settings.threshold == "tune" else None
     threshold = tuned["value"] if tuned else settings.threshold
-    annotated = _annotated(items)  # none: an empty but valid report, and `empty` for the caller's exit code
+    to_score = annotated(items)  # none: an empty but valid report, and `empty` for the caller's exit code
     overlays = settings.out / OVERLAY_FOLDER if settings.images else None
-    scored = score_items(engine, annotated, settings, threshold, "scoring", overlays, open_cache(settings, engine))
+    scored = score_items(engine, to_score, settings, threshold, "scoring", overlays, open_cache(settings, engine))
     failed = [s.record for s in scored if s.record["error"] is not None]
     evaluated = [s for s in scored if s.record["error"] is None and _selected(s.record, settings.select)]
     records = [s.record for s in evaluated]
@@ -246,7 +240,7 @@ def run_annotate(settings: AnnotateSettings) -> AnnotateOutcome:
         },
         "checkpoint": checkpoint_info(engine),
         "images_in_split": len(items),
-        "annotated_images": len(annotated),
+        "annotated_images": len(to_score),
         "evaluated": len(records),
         "excluded_by_select": len(scored) - len(failed) - len(records),
         "summary": summarize(records),
@@ -260,11 +254,11 @@ def run_annotate(settings: AnnotateSettings) -> AnnotateOutcome:
         "failed": failed,
     }
     text = write_report(report, settings.out / ANNOTATION_REPORT)
-    if annotated:
+    if to_score:
         comparison_figure(_figure_rows(evaluated, settings.top, settings.quiet), settings.out / FIGURE_NAME)
         annotation_metrics_figure(report, settings.out / METRICS_FIGURE_NAME)
     show(
         summary_table(f"CAM vs annotation ({len(records)} images)", report["summary"], METRICS),
         settings.quiet,
     )
-    return AnnotateOutcome(report, text, len(failed), empty=not annotated)
+    return AnnotateOutcome(report, text, len(failed), empty=not to_score)

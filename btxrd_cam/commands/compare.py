@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from btxrd_cam.console import comparison_table, show, warn
-from btxrd_cam.data import ImageItem, fit_long_side, load_image, manifest_path, resize_for_model
+from btxrd_cam.data import ImageItem, fit_long_side, load_image, resize_for_model
 from btxrd_cam.engine import LIBRARY_PATH, CamConfig, Engine, Explanation
 from btxrd_cam.errors import UsageError, per_image
 from btxrd_cam.labelme import rasterize_annotation, read_labelme
@@ -24,9 +24,11 @@ from btxrd_cam.maps import baseline_map, upsample_cam
 from btxrd_cam.metrics import SWEEP_THRESHOLDS
 from btxrd_cam.outputs import COMPARISON_REPORT, OVERLAY_FOLDER, OVERLAY_LONG_SIDE
 from btxrd_cam.pipeline import (
+    annotated,
     checkpoint_info,
     explain_and_score,
     load_split,
+    load_tuning_items,
     open_cache,
     open_checkpoint,
     open_engine,
@@ -181,24 +183,10 @@ def score_configurations(
     return Scored(record, item, result.maps, sweeps if sweep else None)
 
 
-def _annotated(items: list[ImageItem]) -> list[ImageItem]:
-    return [it for it in items if it.annotation is not None]
-
-
 def tune_thresholds(engine: Engine, settings: CompareSettings, names: list[str]) -> tuple[dict, dict]:
     """Each configuration's sweep threshold with the highest mean IoU on the split's val subset — never on the
     images it scores (CheXlocalize tunes per task the same way). Returns (thresholds, tuning info)."""
-    if settings.subset == "val":
-        raise UsageError(
-            "--threshold: tune picks thresholds on the val subset, so it cannot score val itself; "
-            "use --subset test or a fixed threshold"
-        )
-    manifest = manifest_path(settings.splits_dir, settings.split, "val")
-    if not manifest.is_file():
-        raise UsageError(f"--threshold: tune needs a val manifest, and {manifest} does not exist")
-    val_items = _annotated(load_split(settings, engine.class_names, subset="val"))
-    if not val_items:
-        raise UsageError(f"--threshold: tune needs annotated images in {manifest}, and it has none")
+    val_items, manifest = load_tuning_items(settings, engine.class_names)
     scored = explain_and_score(
         engine,
         val_items,
@@ -298,11 +286,11 @@ def run_compare(settings: CompareSettings) -> CompareOutcome:
         thresholds, tuning = tune_thresholds(engine, settings, names)
     else:
         thresholds, tuning = dict.fromkeys(names, settings.threshold), None
-    annotated = _annotated(items)
+    to_score = annotated(items)
     overlay = (settings.out / OVERLAY_FOLDER, reference) if settings.images else None
     scored = explain_and_score(
         engine,
-        annotated,
+        to_score,
         lambda result: score_configurations(result, engine, settings, thresholds, overlay=overlay),
         lambda result, reason: failed_image(result, engine.class_names, reason),
         target=settings.target,
@@ -346,7 +334,7 @@ def run_compare(settings: CompareSettings) -> CompareOutcome:
         },
         "thresholds": thresholds if tuning else None,
         "images_in_split": len(items),
-        "annotated_images": len(annotated),
+        "annotated_images": len(to_score),
         "evaluated": len(records),
         "excluded_by_select": sum(s.excluded for s in scored),
         "summary": summary,
@@ -356,11 +344,11 @@ def run_compare(settings: CompareSettings) -> CompareOutcome:
         "failed": failed,
     }
     text = write_report(report, settings.out / COMPARISON_REPORT)
-    if annotated:
+    if to_score:
         forest_plot(report, FOREST_METRICS, settings.out / FOREST_NAME)
         cams = [n for n in ranking if n != reference and n not in settings.baselines][:GRID_CONFIGURATIONS]
         columns = [reference, *cams] + (["centre"] if "centre" in names and reference != "centre" else [])
         rows = _grid_rows(evaluated, columns, settings, engine.checkpoint.image_size)
         comparison_grid(rows, columns, settings.out / GRID_NAME)
     show(comparison_table(report, settings.rank_by), settings.quiet)
-    return CompareOutcome(report, text, len(failed), empty=not annotated)
+    return CompareOutcome(report, text, len(failed), empty=not to_score)
