@@ -171,6 +171,28 @@ def _encoded(array: np.ndarray, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
+def _dicom_bytes(array: np.ndarray, photometric: str, window: bool) -> bytes:
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SamplesPerPixel, ds.PhotometricInterpretation = "DX", 1, photometric
+    ds.Rows, ds.Columns = array.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = array.astype(np.uint16).tobytes()
+    if window:
+        ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 @st.composite
 def image_bytes(draw) -> bytes:
     height, width = draw(st.integers(1, 40)), draw(st.integers(1, 40))
@@ -181,10 +203,15 @@ def image_bytes(draw) -> bytes:
     else:
         array = rng.integers(0, 255, (height, width, {"L": 1, "RGB": 3, "RGBA": 4}[kind]), dtype=np.uint8)
         array = array[:, :, 0] if kind == "L" else array
-    fmt = draw(st.sampled_from(["PNG", "JPEG", "BMP", "TIFF"]))
+    fmt = draw(st.sampled_from(["PNG", "JPEG", "BMP", "TIFF", "DICOM"]))
     if kind == "I;16" and fmt in ("JPEG", "BMP"):
         fmt = "PNG"
-    data = bytearray(_encoded(array, fmt))
+    if fmt == "DICOM":
+        grey = array if array.ndim == 2 else array[:, :, 0]
+        photometric = draw(st.sampled_from(["MONOCHROME1", "MONOCHROME2"]))
+        data = bytearray(_dicom_bytes(grey.astype(np.uint16) % 4096, photometric, draw(st.booleans())))
+    else:
+        data = bytearray(_encoded(array, fmt))
     mutation = draw(st.sampled_from(["none", "truncate", "flip", "header", "prefix", "empty"]))
     if mutation == "truncate":
         data = data[: draw(st.integers(0, max(0, len(data) - 1)))]
@@ -203,7 +230,9 @@ def image_bytes(draw) -> bytes:
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(content=image_bytes(), suffix=st.sampled_from([".png", ".jpeg", ".bmp", ".tif"]), draft=st.booleans())
+@given(
+    content=image_bytes(), suffix=st.sampled_from([".png", ".jpeg", ".bmp", ".tif", ".dcm", ""]), draft=st.booleans()
+)
 def test_image_files_give_pixels_or_a_reason(tmp_path, content, suffix, draft):
     path = tmp_path / f"IMG000001{suffix}"
     path.write_bytes(content)
