@@ -176,6 +176,8 @@ def read_dicom(path: Path, data: bytes, window: str = "file", max_pixels: int | 
         except Exception as exc:
             raise InputError(path, f"not a readable DICOM file ({type(exc).__name__})") from None
         if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+            if data[128:132] != b"DICM" and "SOPClassUID" not in ds:
+                raise InputError(path, "not a DICOM file (no DICM preamble, no pixel data)")
             kind = str(ds.get("Modality") or "")[:8]
             raise InputError(path, f"DICOM without pixel data{f' ({kind} object)' if kind else ''}: not an image")
         photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()

@@ -115,6 +115,15 @@ def test_no_annotated_image_exits_1_with_a_message_and_an_empty_report(tiny_proj
     assert json.loads(result.stdout)["records"] == []
 
 
+def test_compare_without_annotated_images_exits_1_with_an_empty_report(tiny_project):
+    path = tiny_project / "data/splits/stratified_test.csv"
+    path.write_text("\n".join(r for r in path.read_text().splitlines() if not r.endswith(("Benign", "Malignant"))))
+    result = invoke(["compare", "-q", "--methods", "gradcam"], cwd=tiny_project)
+    assert result.exit_code == 1 and "no annotated image" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["records"] == [] and report["ranking"] and report["summary"]["gradcam@bn2"]["iou"]["mean"] is None
+
+
 def test_missing_checkpoint_says_how_to_get_one(tmp_path, monkeypatch):
     monkeypatch.delenv("BTXRD_CAM_CKPT", raising=False)
     result = invoke(["explain-image", "x.png"], cwd=tmp_path)

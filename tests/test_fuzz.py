@@ -177,7 +177,7 @@ def _dicom_bytes(array: np.ndarray, photometric: str, window: bool) -> bytes:
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"  # fixed: the same draw gives the same bytes
     meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
