@@ -68,8 +68,8 @@ def score_image(
     cam = upsample_cam(result.cam, annotation.mask.shape)
     metrics = score_map(cam, annotation.mask, threshold, sweep=SWEEP_THRESHOLDS)
     sweep = metrics.pop("sweep")
-    if annotation.warnings:
-        metrics["warnings"] = annotation.warnings
+    if result.warnings or annotation.warnings:  # the image's (a multi-frame DICOM, say), then the annotation's
+        metrics["warnings"] = [*result.warnings, *annotation.warnings]
     if overlays is not None and result.thumbnail is not None:
         outline = rasterize_annotation(data, *result.orig_size, path=path, draw_size=result.thumbnail.shape[:2])
         save_overlay(overlays, result.item.image_id, result.thumbnail, result.cam, outline.mask)

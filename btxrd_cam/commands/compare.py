@@ -169,8 +169,8 @@ def score_configurations(
         sweeps[name] = scores.pop("sweep", None)
         metrics[name] = scores
     record["metrics"] = metrics
-    if annotation.warnings:
-        record["warnings"] = annotation.warnings
+    if result.warnings or annotation.warnings:
+        record["warnings"] = [*result.warnings, *annotation.warnings]
     if overlay is not None and result.thumbnail is not None:
         folder, name = overlay
         small = result.thumbnail.shape[:2]
