@@ -18,9 +18,8 @@ import typer
 from btxrd_cam import __version__
 from btxrd_cam.errors import BtxrdCamError, Terminated, UsageError, on_signal, raise_if_interrupted
 from btxrd_cam.settings import (
-    ANNOTATE_RESOLUTION,
-    COMPARE_RESOLUTION,
     SANITY_METHODS,
+    SCORING_RESOLUTION,
     SINGLE_PASS_METHODS,
     AnnotateSettings,
     CompareSettings,
@@ -247,7 +246,7 @@ def explain_image(
     ] = False,
     annotation: Annotated[Path | None, typer.Option(help="LabelMe JSON to outline and score against.")] = None,
     threshold: Annotated[str, typer.Option(metavar="FLOAT", help="CAM threshold for IoU in (0, 1).")] = "0.5",
-    resolution: Resolution = str(ANNOTATE_RESOLUTION),
+    resolution: Resolution = str(SCORING_RESOLUTION),
     ckpt: Ckpt = None,
     arch: Arch = None,
     class_names: ClassNames = None,
@@ -321,7 +320,7 @@ def annotate_iou(
     ] = "0.5",
     select: Annotated[str, typer.Option(help="all, or correct (correctly classified only).")] = "all",
     top: Annotated[str, typer.Option(metavar="INT", help="Rows of the comparison figure.")] = "5",
-    resolution: Resolution = str(ANNOTATE_RESOLUTION),
+    resolution: Resolution = str(SCORING_RESOLUTION),
     images: Images = True,
     no_cache: NoCache = False,
     out: Out = Path("results/gradcam"),
@@ -379,7 +378,7 @@ def compare(
         str, typer.Option(help="A number in (0, 1), otsu, or tune (each configuration's own, picked on val).")
     ] = "0.5",
     select: Annotated[str, typer.Option(help="all, or correct (correctly classified only).")] = "all",
-    resolution: Resolution = str(COMPARE_RESOLUTION),
+    resolution: Resolution = str(SCORING_RESOLUTION),
     rank_by: Annotated[
         str, typer.Option("--rank-by", help="pxap, iou, dice, pointing_game or energy_pointing_game.")
     ] = "pxap",

@@ -69,11 +69,11 @@ def _threshold(value) -> float | str:
 
 
 MIN_RESOLUTION = 64
-# Scoring resolutions (long side, px), chosen by benchmarks/bench_resolution.py: at 1024 px annotate-iou's means
-# move by <= 0.0003 from the original size on BTXRD-sized images; compare's 31 configurations at 512 px move by
-# <= 0.006 (IoU, PxAP) with the ranking unchanged, 17x faster than at the original size.
-ANNOTATE_RESOLUTION = 1024
-COMPARE_RESOLUTION = 512
+# The scoring resolution (long side, px) of annotate-iou, explain-image and compare, chosen by
+# benchmarks/bench_resolution.py: on BTXRD-sized images the default configuration's means move by <= 0.0009 from
+# the original size (the pointing game not at all), compare's 31 configurations by <= 0.006 (IoU, PxAP) with the
+# ranking unchanged, 15x faster; one value for all, so that compare's reference row is what annotate-iou reports.
+SCORING_RESOLUTION = 512
 
 
 def _resolution(value) -> str | int:
@@ -256,7 +256,7 @@ class ExplainSettings(ModelSettings, OutputSettings):
     save_heatmap: bool = False
     annotation: Path | None = None
     threshold: UnitFloat = 0.5
-    resolution: ScoringResolution = ANNOTATE_RESOLUTION
+    resolution: ScoringResolution = SCORING_RESOLUTION
 
     @field_validator("annotation")
     @classmethod
@@ -276,7 +276,7 @@ class AnnotateSettings(ModelSettings, SplitSettings, OutputSettings):
     threshold: Annotated[float | str, BeforeValidator(_threshold)] = 0.5
     select: Annotated[str, _choice("all", "correct")] = "all"
     top: Count = 5
-    resolution: ScoringResolution = ANNOTATE_RESOLUTION
+    resolution: ScoringResolution = SCORING_RESOLUTION
     images: bool = True
     no_cache: bool = False
 
@@ -319,7 +319,7 @@ class CompareSettings(ModelSettings, SplitSettings, OutputSettings):
     reference: str | None = None
     threshold: Annotated[float | str, BeforeValidator(_threshold)] = 0.5
     select: Annotated[str, _choice("all", "correct")] = "all"
-    resolution: ScoringResolution = COMPARE_RESOLUTION
+    resolution: ScoringResolution = SCORING_RESOLUTION
     rank_by: Annotated[str, _choice(*RANK_METRICS)] = "pxap"
     top: Count = 4
     images: bool = True
