@@ -4,7 +4,7 @@ must explain plus one model pass over them, nothing else — with py-spy's share
 drawing and cache; re-runs served by the explanation cache; and projected minutes for all of BTXRD (3,746 images,
 1,867 annotated), from a subsample scaled linearly.
 
-    python benchmarks/bench_btxrd_scale.py [--demo demo] [--images 200]
+    python benchmarks/bench_btxrd_scale.py [--demo demo] [--images 400]
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def at(model: tuple[float, float], n: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--demo", type=Path, default=Path(__file__).resolve().parents[1] / "demo")
-    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--images", type=int, default=400)  # 200 annotated: the cache goal's "at 200"
     args = parser.parse_args()
     root = project(args.demo, args.images)
     full = root / "data" / "splits" / "stratified_test.csv"
@@ -178,13 +178,15 @@ def main() -> None:
                  ["added per image, of annotate-iou's per-image cost", f"{added:+.1%}"]]))  # fmt: skip
     # re-runs: the cache spares decoding and the model
     reruns = {}
+    out = WORK / "scale_out_rerun"
     for manifest in (half, full):
-        out = WORK / "scale_out_rerun"
-        shutil.rmtree(out, ignore_errors=True)
         split = ["--split", str(manifest), "--out", str(out)]
-        first = wall([cli, "annotate-iou", "-q", *split], root, repeats=1)  # writes the cache
-        again = wall([cli, "annotate-iou", "-q", "--threshold", "0.3", *split], root)
-        reruns[sizes[manifest]["annotated"]] = (first, again)
+        firsts, agains = [], []
+        for _ in range(2):  # the best of two pairs, each first run on an empty cache
+            shutil.rmtree(out, ignore_errors=True)
+            firsts.append(run_command([cli, "annotate-iou", "-q", *split], root)[0])  # writes the cache
+            agains.append(wall([cli, "annotate-iou", "-q", "--threshold", "0.3", *split], root))
+        reruns[sizes[manifest]["annotated"]] = (min(firsts), min(agains))
     gallery_after = wall([cli, "gallery", "-q", "--split", str(full), "--out", str(out)], root, repeats=1)
     uncached = wall([cli, "gallery", "-q", "--no-cache", "--split", str(full), "--out", str(WORK / "scale_nc")], root)
     (a0, a1) = sorted(reruns)

@@ -1,4 +1,5 @@
-"""Pure numpy/scikit-learn per-image metrics: classification quality and CAM-vs-annotation agreement.
+"""Pure array per-image metrics: classification quality and CAM-vs-annotation agreement (numpy and
+scikit-learn; torch only for its faster sort).
 
 Every function takes arrays, never a model or a path. Maps are `cam: float32 [H, W] in [0, 1]` (min–max
 normalised) and `mask: bool [H, W]` of the same shape. Not for: producing maps (engine.py, maps.py) or numbers
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 SWEEP_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05, 0.10, …, 0.95
@@ -77,6 +79,14 @@ def otsu_threshold(cam: np.ndarray) -> float:
     return float(min(max((value + 1) / 255.0, 1 / 255.0), 1.0))
 
 
+def sorted_nonnegative(values: np.ndarray) -> np.ndarray:
+    """Non-negative float32 values, flattened and sorted ascending (exactly as `np.sort` sorts them). Their bit
+    patterns, read as int32, order exactly as the values (-0.0 first, NaN last), and torch sorts int32 with a radix
+    sort, 2.5x faster than numpy's sort of float32 on this CPU (`benchmarks/bench_resolution.py` times scoring)."""
+    keys = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32).reshape(-1).view(np.int32))
+    return torch.sort(keys).values.numpy().view(np.float32)
+
+
 class SortedScores:
     """All CAM values and those inside the mask, each sorted once, so that every metric — at any number of
     thresholds, and PxAP — is a binary search instead of another pass over millions of pixels. Counts outside the
@@ -89,9 +99,8 @@ class SortedScores:
         cam = np.asarray(cam, dtype=np.float32)
         if cam.size and cam.min() < 0:
             raise ValueError("cam must be non-negative (a min-max normalised map)")
-        # non-negative float32 values order exactly as their bit patterns: integer sorting is ~20% faster
-        self.everything = np.sort(cam.view(np.uint32), axis=None).view(np.float32)
-        self.inside = np.sort(cam[mask].view(np.uint32), axis=None).view(np.float32)
+        self.everything = sorted_nonnegative(cam)
+        self.inside = sorted_nonnegative(cam[mask])
         self.size = cam.size
 
     @staticmethod
