@@ -13,9 +13,10 @@ from typing import TypeVar
 from btxrd_cam.cache import ExplanationCache
 from btxrd_cam.checkpoint import load_checkpoint
 from btxrd_cam.console import progress, warn
-from btxrd_cam.data import ImageItem, manifest_path, split_items
+from btxrd_cam.data import ImageItem, fit_long_side, load_image, manifest_path, split_items
 from btxrd_cam.engine import CamConfig, Engine, Explanation
 from btxrd_cam.errors import UsageError, per_image, raise_if_interrupted
+from btxrd_cam.labelme import rasterize_annotation
 from btxrd_cam.settings import ModelSettings, SplitSettings
 
 T = TypeVar("T")
@@ -167,6 +168,32 @@ def explain_and_score(
         except BaseException:  # an interrupt: drop what has not started, so the exit is prompt
             scorer.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def reread_most_confident(
+    scored: list, top: int, quiet: bool, what: str, long_side: int | None = None
+) -> list[tuple[object, object, object]]:
+    """The `top` most confident correctly classified of the scored images (each with `item`, `record` and its
+    maps), decoded again for drawing only — the one pass keeps no full-size pixels, and which images are shown is
+    known only after it — with the annotation's outline at the drawn size (the long side scaled to `long_side`
+    when given). Returns [(scored, pixels, mask)]; an image that cannot be re-read is left out of `what`, with a
+    warning."""
+    correct = [s for s in scored if s.record["pred"] is not None and s.record["pred"] == s.record["label"]]
+    correct.sort(key=lambda s: (-s.record["confidence"], s.item.image_id))
+    drawn = []
+    for s in correct[:top]:
+
+        def read(item=s.item):
+            pixels, size = load_image(item.path)
+            if long_side is None:
+                return pixels, rasterize_annotation(item.annotation, *size).mask
+            small = fit_long_side(pixels, long_side)
+            return small, rasterize_annotation(item.annotation, *size, draw_size=small.shape[:2]).mask
+
+        read_back = per_image(read, lambda reason: warn(f"{reason} (left out of {what})", quiet), s.item.path)
+        if read_back is not None:
+            drawn.append((s, *read_back))
+    return drawn
 
 
 def open_cache(settings, engine: Engine) -> ExplanationCache | None:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from btxrd_cam.console import show, summary_table, warn
-from btxrd_cam.data import ImageItem, load_image
+from btxrd_cam.console import show, summary_table
+from btxrd_cam.data import ImageItem
 from btxrd_cam.engine import Engine, Explanation
-from btxrd_cam.errors import UsageError, per_image
+from btxrd_cam.errors import UsageError
 from btxrd_cam.labelme import rasterize_annotation, read_labelme
 from btxrd_cam.maps import upsample_cam
 from btxrd_cam.metrics import SWEEP_THRESHOLDS
@@ -27,6 +27,7 @@ from btxrd_cam.pipeline import (
     load_tuning_items,
     open_cache,
     open_engine,
+    reread_most_confident,
 )
 from btxrd_cam.render import annotation_metrics_figure, comparison_figure, save_overlay
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
@@ -187,19 +188,8 @@ def breakdowns(records: list[dict]) -> dict:
 
 
 def _figure_rows(scored: list[Scored], top: int, quiet: bool) -> list[dict]:
-    correct = [s for s in scored if s.cam is not None and s.record["pred"] == s.record["label"]]
-    correct.sort(key=lambda s: (-s.record["confidence"], s.item.image_id))
     rows = []
-    for s in correct[:top]:
-
-        def read(item=s.item):
-            pixels, size = load_image(item.path)
-            return pixels, rasterize_annotation(item.annotation, *size).mask
-
-        drawn = per_image(read, lambda reason: warn(f"{reason} (left out of the figure)", quiet), s.item.path)
-        if drawn is None:
-            continue
-        pixels, mask = drawn
+    for s, pixels, mask in reread_most_confident([s for s in scored if s.cam is not None], top, quiet, "the figure"):
         title = f"{s.item.image_id}\n{s.record['label']} p={s.record['confidence']:.2f}"
         rows.append({"pixels": pixels, "mask": mask, "cam": s.cam, "iou": s.record["iou"], "title": title})
     return rows

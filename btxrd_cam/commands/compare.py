@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from btxrd_cam.console import comparison_table, show, warn
-from btxrd_cam.data import ImageItem, fit_long_side, load_image, resize_for_model
+from btxrd_cam.data import ImageItem, resize_for_model
 from btxrd_cam.engine import LIBRARY_PATH, CamConfig, Engine, Explanation
-from btxrd_cam.errors import UsageError, per_image
+from btxrd_cam.errors import UsageError
 from btxrd_cam.labelme import rasterize_annotation, read_labelme
 from btxrd_cam.layers import auto_layers, get_layer
 from btxrd_cam.maps import baseline_map, upsample_cam
@@ -32,6 +32,7 @@ from btxrd_cam.pipeline import (
     open_cache,
     open_checkpoint,
     open_engine,
+    reread_most_confident,
 )
 from btxrd_cam.render import comparison_grid, forest_plot, save_overlay
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
@@ -246,20 +247,9 @@ def rank(summary: dict, metric: str) -> list[str]:
 def _grid_rows(scored: list[Scored], columns: list[str], settings: CompareSettings, model_size: int) -> list[dict]:
     """The `--top` most confident correctly classified scored images, re-read for drawing only, with each
     column's map at the thumbnail's size."""
-    correct = [s for s in scored if s.maps is not None and s.record["pred"] == s.record["label"]]
-    correct.sort(key=lambda s: (-s.record["confidence"], s.item.image_id))
     rows = []
-    for s in correct[: settings.top]:
-
-        def read(item=s.item):
-            pixels, size = load_image(item.path)
-            small = fit_long_side(pixels, GRID_LONG_SIDE)
-            return small, rasterize_annotation(item.annotation, *size, draw_size=small.shape[:2]).mask
-
-        drawn = per_image(read, lambda reason: warn(f"{reason} (left out of the grid)", settings.quiet), s.item.path)
-        if drawn is None:
-            continue
-        small, mask = drawn
+    usable = [s for s in scored if s.maps is not None]
+    for s, small, mask in reread_most_confident(usable, settings.top, settings.quiet, "the grid", GRID_LONG_SIDE):
         panels = []
         for name in columns:
             if name in s.maps:
