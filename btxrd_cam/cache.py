@@ -27,8 +27,7 @@ import numpy as np
 
 from btxrd_cam.data import ImageItem
 from btxrd_cam.errors import one_line
-from btxrd_cam.outputs import CACHE_FOLDER
-from btxrd_cam.reports import write_atomic
+from btxrd_cam.outputs import CACHE_FOLDER, write_atomic
 
 CACHE_VERSION = 1
 

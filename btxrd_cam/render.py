@@ -19,8 +19,10 @@ import numpy as np  # noqa: E402
 
 from btxrd_cam.data import fit_long_side  # noqa: E402
 from btxrd_cam.maps import upsample_cam  # noqa: E402
-from btxrd_cam.outputs import overlay_name  # noqa: E402
-from btxrd_cam.reports import write_atomic  # noqa: E402
+from btxrd_cam.outputs import (
+    overlay_name,  # noqa: E402
+    write_atomic,  # noqa: E402
+)
 
 OUTLINE_RGB = (0, 255, 0)
 

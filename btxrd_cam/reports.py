@@ -10,16 +10,14 @@ import csv
 import io
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel
 
-from btxrd_cam.errors import raise_if_interrupted
+from btxrd_cam.outputs import write_atomic
 
 if TYPE_CHECKING:
     from btxrd_cam.engine import Explanation
@@ -51,40 +49,6 @@ def clean(value):
 
 def to_json(value, indent: int | None = 2) -> str:
     return json.dumps(clean(value), indent=indent, ensure_ascii=False, allow_nan=False) + "\n"
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it (os.umask can only be read by setting it, which would race
-    with other threads creating files)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write a whole file or nothing: a temp file in the same directory, then an atomic rename. The file gets the
-    permissions a plain write would (0666 less the umask: 0644 under the usual 022), not the temp file's 0600, so
-    a shared results folder stays readable; concurrent writers each rename a whole file into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        raise_if_interrupted()  # an interrupted run replaces nothing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_report(report: BaseModel | dict, path: Path) -> str:

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from btxrd_cam.cli import app
-from btxrd_cam.reports import write_atomic
+from btxrd_cam.outputs import write_atomic
 
 runner = CliRunner()
 SCRIPT = shutil.which("btxrd-cam", path=os.path.dirname(sys.executable))

@@ -4,7 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from btxrd_cam.reports import clean, format_records, to_json, write_atomic
+from btxrd_cam.outputs import write_atomic
+from btxrd_cam.reports import clean, format_records, to_json
 
 
 def test_clean_makes_plain_deterministic_json():

@@ -14,9 +14,10 @@ from btxrd_cam.data import find_images
 from btxrd_cam.engine import Engine, Explanation
 from btxrd_cam.errors import per_image
 from btxrd_cam.maps import upsample_cam
+from btxrd_cam.outputs import write_atomic
 from btxrd_cam.pipeline import explain_items, open_engine
 from btxrd_cam.render import captioned, draw_outline, overlay, save_png
-from btxrd_cam.reports import emit, to_json, write_atomic
+from btxrd_cam.reports import emit, to_json
 from btxrd_cam.scoring import annotation_mask, score_map
 from btxrd_cam.settings import ExplainSettings
 

@@ -12,8 +12,9 @@ import numpy as np
 from btxrd_cam.console import metrics_table, show
 from btxrd_cam.data import find_images
 from btxrd_cam.metrics import classification_metrics
+from btxrd_cam.outputs import write_atomic
 from btxrd_cam.pipeline import checkpoint_info, explain_items, load_split, open_engine
-from btxrd_cam.reports import SCHEMA_VERSION, emit, format_records, prediction_record, to_json, write_atomic
+from btxrd_cam.reports import SCHEMA_VERSION, emit, format_records, prediction_record, to_json
 from btxrd_cam.settings import InferSettings
 
 

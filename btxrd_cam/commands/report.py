@@ -25,8 +25,9 @@ from btxrd_cam.outputs import (
     OVERLAY_FOLDER,
     SANITY_REPORT,
     overlay_name,
+    write_atomic,
 )
-from btxrd_cam.reports import SCHEMA_VERSION, write_atomic
+from btxrd_cam.reports import SCHEMA_VERSION
 from btxrd_cam.settings import ReportSettings
 
 REPORT_FILES = {
