@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from common import WORK, btxrd_cam, run_command, save_results, table
 
-from btxrd_cam.commands.demo import BTXRD_LONG_SIDE, write_dataset
+from btxrd_cam.synthetic import BTXRD_LONG_SIDE, write_dataset
 
 BTXRD_IMAGES, BTXRD_ANNOTATED = 3746, 1867
 PARTS = {  # a sample whose stack holds a frame matching one of these counts for the part (first part that matches)

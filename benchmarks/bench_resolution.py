@@ -19,8 +19,8 @@ import numpy as np
 from common import WORK, save_results, table
 
 from btxrd_cam.commands.compare import run_compare
-from btxrd_cam.commands.demo import BTXRD_LONG_SIDE, write_dataset
 from btxrd_cam.settings import CompareSettings, build_settings
+from btxrd_cam.synthetic import BTXRD_LONG_SIDE, write_dataset
 
 METRICS = ("iou", "pointing_game", "pxap")
 RESOLUTIONS = (512, 1024)

@@ -24,6 +24,7 @@ from btxrd_cam.settings import (
     AnnotateSettings,
     CompareSettings,
     DemoSettings,
+    EvidenceSettings,
     ExplainSettings,
     GallerySettings,
     InferSettings,
@@ -128,6 +129,14 @@ NoCache = Annotated[
 ]
 Images = Annotated[
     bool, typer.Option("--images/--no-images", help="Write a small overlay per scored image to <out>/images/.")
+]
+Region = Annotated[
+    str,
+    typer.Option(
+        help="Which annotation shapes make a lesion's mask: outline (polygons etc.; rectangles when a file has none), "
+        "box (rectangles) or all (every shape: upstream's way).",
+        rich_help_panel=DATA,
+    ),
 ]
 Resolution = Annotated[
     str,
@@ -247,6 +256,7 @@ def explain_image(
     annotation: Annotated[Path | None, typer.Option(help="LabelMe JSON to outline and score against.")] = None,
     threshold: Annotated[str, typer.Option(metavar="FLOAT", help="CAM threshold for IoU in (0, 1).")] = "0.5",
     resolution: Resolution = str(SCORING_RESOLUTION),
+    region: Region = "outline",
     ckpt: Ckpt = None,
     arch: Arch = None,
     class_names: ClassNames = None,
@@ -278,6 +288,7 @@ def explain_image(
 def gallery(
     k: Annotated[str, typer.Option("--k", metavar="INT", help="Examples per category.")] = "3",
     fmt: Annotated[str, typer.Option("--format", help="png or jpg.")] = "png",
+    region: Region = "outline",
     no_cache: NoCache = False,
     out: Out = Path("results/gradcam"),
     ckpt: Ckpt = None,
@@ -321,6 +332,7 @@ def annotate_iou(
     select: Annotated[str, typer.Option(help="all, or correct (correctly classified only).")] = "all",
     top: Annotated[str, typer.Option(metavar="INT", help="Rows of the comparison figure.")] = "5",
     resolution: Resolution = str(SCORING_RESOLUTION),
+    region: Region = "outline",
     images: Images = True,
     no_cache: NoCache = False,
     out: Out = Path("results/gradcam"),
@@ -379,6 +391,7 @@ def compare(
     ] = "0.5",
     select: Annotated[str, typer.Option(help="all, or correct (correctly classified only).")] = "all",
     resolution: Resolution = str(SCORING_RESOLUTION),
+    region: Region = "outline",
     rank_by: Annotated[
         str, typer.Option("--rank-by", help="pxap, iou, dice, pointing_game or energy_pointing_game.")
     ] = "pxap",
@@ -420,6 +433,77 @@ def compare(
         return _exit_code(outcome.failed, "image(s) or annotation(s)")
 
     _run(CompareSettings, values, action)
+
+
+@app.command()
+def evidence(
+    methods: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated CAM methods, or all [default: --method, gradcam]."),
+    ] = None,
+    layers: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated layers, or auto (as compare) [default: the target layer]."),
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="Configuration the verdict names [default: gradcam at the target layer]."),
+    ] = None,
+    fill: Annotated[
+        str, typer.Option(help="How removed pixels are filled: impute (ROAD's imputation), blur or mean.")
+    ] = "impute",
+    margin: Annotated[str, typer.Option(metavar="PX", help="Pixels the lesion is dilated by before removal.")] = "2",
+    controls: Annotated[
+        str, typer.Option(metavar="INT", help="Places (1–32) the lesion's shape is moved to as the control.")
+    ] = "4",
+    delta: Annotated[
+        str,
+        typer.Option(
+            metavar="FLOAT",
+            help="An image relies on the lesion when drop(lesion) − drop(control) exceeds this, in [0, 1).",
+        ),
+    ] = "0.10",
+    select: Annotated[str, typer.Option(help="all, or correct (correctly classified only).")] = "all",
+    seed: Annotated[str, typer.Option(metavar="INT", help="Seed of the control places and imputation noise.")] = "0",
+    top: Annotated[str, typer.Option(metavar="INT", help="Rows of the examples figure.")] = "4",
+    resolution: Resolution = str(SCORING_RESOLUTION),
+    region: Region = "outline",
+    no_cache: NoCache = False,
+    out: Out = Path("results/gradcam"),
+    ckpt: Ckpt = None,
+    arch: Arch = None,
+    class_names: ClassNames = None,
+    target_layer: TargetLayer = None,
+    device: Device = "auto",
+    batch_size: BatchSize = "16",
+    workers: Workers = None,
+    amp: Amp = False,
+    method: Method = "gradcam",
+    target: Target = "pred",
+    fast_decode: FastDecode = False,
+    dicom_window: DicomWindow = "file",
+    data_root: DataRoot = Path("data_raw"),
+    splits_dir: SplitsDir = Path("data/splits"),
+    split: Split = None,
+    subset: Subset = "test",
+    quiet: Quiet = False,
+) -> None:
+    """Does the prediction rest on the annotated lesion? Lesion removed vs an equal area elsewhere (JSON on stdout)."""
+    values = _values(locals())
+
+    def action(settings):
+        from btxrd_cam.commands.evidence import run_evidence
+
+        outcome = run_evidence(settings)
+        sys.stdout.write(outcome.text)
+        if outcome.empty:
+            typer.echo(
+                "btxrd-cam: no annotated image in this split: nothing to examine (empty report written)", err=True
+            )
+            return 1
+        return _exit_code(outcome.failed, "image(s) or annotation(s)")
+
+    _run(EvidenceSettings, values, action)
 
 
 @app.command()
@@ -499,7 +583,7 @@ def report(
 def demo(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the demo project into.")],
     seed: Annotated[str, typer.Option(metavar="INT", help="Random seed.")] = "0",
-    images: Annotated[str, typer.Option(metavar="INT", help="Number of radiographs (≥ 30).")] = "300",
+    images: Annotated[str, typer.Option(metavar="INT", help="Number of radiographs (≥ 30).")] = "400",
     arch: Annotated[str, typer.Option(help="timm architecture to train.")] = "efficientnet_b0",
     image_size: Annotated[str, typer.Option("--image-size", metavar="INT", help="Model input size.")] = "160",
     epochs: Annotated[str, typer.Option(metavar="INT", help="Training epochs.")] = "18",

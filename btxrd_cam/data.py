@@ -74,12 +74,15 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 @dataclass(frozen=True)
 class ImageMeta:
-    """One row of dataset.csv reduced to what btxrd-cam reports."""
+    """One row of dataset.csv reduced to what btxrd-cam reports (None where the row says nothing)."""
 
     image_id: str
     center: str | None
     label: str
     subtype: str | None
+    view: str | None = None  # frontal, lateral, oblique
+    body_region: str | None = None  # upper limb, lower limb, pelvis
+    sites: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,9 @@ class ImageItem:
     label: str | None = None
     annotation: Path | None = None
     subtype: str | None = None
+    center: str | None = None
+    view: str | None = None
+    body_region: str | None = None
 
 
 def image_stem(image_id: str) -> str:
@@ -123,6 +129,23 @@ def subtype_from_row(row: dict[str, object]) -> str | None:
     return None
 
 
+def _first_flag(row: dict[str, object], columns: tuple[str, ...]) -> str | None:
+    """The first of `columns` set to 1 in the row (BTXRD sets one view and one body region per image)."""
+    return next((column for column in columns if _flag(row.get(column))), None)
+
+
+def _center(value: object) -> str | None:
+    """A centre as text: `1`, `1.0` (a spreadsheet's number) and ` 1 ` are the same centre."""
+    if value is None or str(value).strip() == "":
+        return None
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else text
+
+
 def _read_rows(data_root: Path) -> list[dict[str, object]]:
     csv_path, xlsx_path = data_root / "dataset.csv", data_root / "dataset.xlsx"
     if csv_path.is_file():
@@ -145,12 +168,14 @@ def read_metadata(data_root: Path) -> dict[str, ImageMeta]:
         image_id = str(row.get("image_id") or "").strip()
         if not image_id:
             continue
-        center = row.get("center")
         metadata[image_stem(image_id)] = ImageMeta(
             image_id=image_id,
-            center=None if center in (None, "") else str(center),
+            center=_center(row.get("center")),
             label=label_from_row(row),
             subtype=subtype_from_row(row),
+            view=_first_flag(row, VIEW_COLUMNS),
+            body_region=_first_flag(row, REGION_COLUMNS),
+            sites=tuple(column for column in SITE_COLUMNS if _flag(row.get(column))),
         )
     return metadata
 
@@ -209,6 +234,9 @@ def split_items(data_root: Path, manifest: Path) -> list[ImageItem]:
                 label=label or (meta.label if meta else None),
                 annotation=annotation if annotation.is_file() else None,
                 subtype=meta.subtype if meta else None,
+                center=meta.center if meta else None,
+                view=meta.view if meta else None,
+                body_region=meta.body_region if meta else None,
             )
         )
     return items

@@ -26,6 +26,13 @@ from PIL import Image
 from btxrd_cam.errors import InputError
 
 REGION_SHAPES = ("polygon", "rectangle", "circle", "oriented_rectangle", "mask")
+# Shapes that outline a lesion; a rectangle only boxes it. BTXRD annotates every tumour twice: one polygon (the
+# outline) and one rectangle around it, both labelled with the subtype.
+OUTLINE_SHAPES = ("polygon", "circle", "oriented_rectangle", "mask")
+# Which shapes make the mask: `outline` (default; the rectangles when a file has no outline), `box` (the rectangles;
+# the outlines' bounding boxes when a file has none) or `all` (the union of every region shape: upstream's way).
+REGIONS = ("outline", "box", "all")
+DEFAULT_REGION = "outline"
 NO_AREA_SHAPES = ("line", "linestrip", "point", "points")
 # points a shape must have: (at least, at most); a rectangle may also be given by its 4 corners
 POINT_COUNTS = {
@@ -48,6 +55,8 @@ class Annotation:
 
     mask: np.ndarray
     warnings: list[str] = field(default_factory=list)
+    region_used: str = DEFAULT_REGION
+    lesions: int = 0  # how many lesions the file annotates: its outlines (its rectangles when it has none)
 
     @property
     def area(self) -> int:
@@ -196,11 +205,29 @@ def _paste_region(canvas: np.ndarray, region: np.ndarray, box: np.ndarray) -> No
     canvas[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1] |= region[np.ix_(rows, cols)]
 
 
+def _bounding_box(kind: str, xy: np.ndarray) -> np.ndarray:
+    """[[x1, y1], [x2, y2]] around a shape's points (a circle's: its centre ± its radius)."""
+    if kind == "circle":
+        radius = float(np.hypot(*(xy[1] - xy[0])))
+        return np.asarray([xy[0] - radius, xy[0] + radius])
+    return np.asarray([xy.min(0), xy.max(0)])
+
+
 def rasterize_annotation(
-    source: Path | dict, height: int, width: int, path: Path | None = None, draw_size: tuple[int, int] | None = None
+    source: Path | dict,
+    height: int,
+    width: int,
+    path: Path | None = None,
+    draw_size: tuple[int, int] | None = None,
+    region: str = DEFAULT_REGION,
 ) -> Annotation:
-    """Union of every region shape of a LabelMe file as `mask: bool [height, width]` — or, with `draw_size`
-    (h, w), drawn directly at that size (the image of `height` x `width` scaled; no full-size mask is made).
+    """The lesions of a LabelMe file as `mask: bool [height, width]` — or, with `draw_size` (h, w), drawn directly
+    at that size (the image of `height` x `width` scaled; no full-size mask is made).
+
+    `region` chooses the shapes (see REGIONS): `outline` unions the outlining shapes (polygon, circle,
+    oriented_rectangle, mask), falling back to the rectangles with a warning when the file has none; `box` unions
+    the rectangles, falling back to each outline's bounding box; `all` unions every region shape. The result says
+    which was used (`region_used`) and how many lesions the file annotates (`lesions`).
 
     polygon, rectangle (two corners in any order, or four), circle (centre + a point on it), oriented_rectangle
     (4 points) and mask (base64 PNG inside the box of its two points) have area; line, linestrip and point are
@@ -228,9 +255,9 @@ def rasterize_annotation(
         )
     file_h, file_w = declared or (height, width)  # the coordinate system of the file's points
     scale = np.asarray([canvas_w / file_w, canvas_h / file_h])
-    canvas = np.zeros((canvas_h, canvas_w), dtype=np.uint8)
-    pasted = np.zeros((canvas_h, canvas_w), dtype=bool)
-    regions, ignored = 0, 0
+    if region not in REGIONS:
+        raise ValueError(f"region must be one of {', '.join(REGIONS)}, not {region!r}")
+    parsed, ignored = [], 0
     for index, shape in enumerate(shapes):
         if not isinstance(shape, dict):
             raise InputError(path, f"shape {index} is not an object")
@@ -243,10 +270,34 @@ def rasterize_annotation(
         points = _points(shape, path, index)
         _check_count(kind, points, path, index)
         _check_range(points, (file_h, file_w), path, index)
-        xy = points * scale
+        parsed.append((index, kind, shape, points * scale))
+    if not parsed:
+        raise InputError(path, "annotation has no region shape (polygon, rectangle, circle, mask)")
+    outlines = [p for p in parsed if p[1] in OUTLINE_SHAPES]
+    boxes = [p for p in parsed if p[1] == "rectangle"]
+    used = region
+    if region == "outline":
+        drawn = outlines
+        if not outlines:
+            drawn, used = boxes, "box"
+            warnings.append(
+                f"no outline (polygon, circle, mask) in the file: scored against its {len(boxes)} rectangle(s)"
+            )
+    elif region == "box":
+        drawn = boxes
+        if not boxes:
+            drawn = [(i, "bounding_box", s, _bounding_box(kind, xy)) for i, kind, s, xy in outlines]
+            warnings.append(
+                f"no rectangle in the file: scored against the bounding boxes of its {len(outlines)} outline(s)"
+            )
+    else:
+        drawn = parsed
+    canvas = np.zeros((canvas_h, canvas_w), dtype=np.uint8)
+    pasted = np.zeros((canvas_h, canvas_w), dtype=bool)
+    for index, kind, shape, xy in drawn:
         if kind == "mask":
             _paste_region(pasted, _mask_region(shape, path, index, (file_h, file_w)), xy)
-        elif kind == "rectangle":
+        elif kind in ("rectangle", "bounding_box"):
             (x1, y1), (x2, y2) = np.rint(xy.min(0)).astype(int), np.rint(xy.max(0)).astype(int)
             cv2.rectangle(canvas, (int(x1), int(y1)), (int(x2), int(y2)), 1, thickness=-1)
         elif kind == "circle":
@@ -257,9 +308,7 @@ def rasterize_annotation(
             polygon = np.rint(xy).astype(np.int32).reshape(-1, 1, 2)
             cv2.fillPoly(canvas, [polygon], 1)
             cv2.polylines(canvas, [polygon], True, 1)
-        regions += 1
-    if regions == 0:
-        raise InputError(path, "annotation has no region shape (polygon, rectangle, circle, mask)")
     if ignored:
         warnings.append(f"{ignored} shape(s) without area (line, linestrip, point) ignored")
-    return Annotation(mask=(canvas > 0) | pasted, warnings=warnings)
+    lesions = len(outlines) or len(boxes)
+    return Annotation(mask=(canvas > 0) | pasted, warnings=warnings, region_used=used, lesions=lesions)

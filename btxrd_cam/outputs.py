@@ -19,6 +19,7 @@ GALLERY_REPORT = "gallery.json"
 ANNOTATION_REPORT = "annotation_report.json"
 COMPARISON_REPORT = "comparison_report.json"
 SANITY_REPORT = "sanity_report.json"
+EVIDENCE_REPORT = "evidence_report.json"
 HTML_REPORT = "report.html"
 
 CACHE_FOLDER = ".cache"  # the engine's memory (cache.py): re-runs skip the model; safe to delete

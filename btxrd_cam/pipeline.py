@@ -5,6 +5,7 @@ Not for: what a command keeps or draws from the results (infer.py, explain.py, g
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,9 +15,10 @@ from btxrd_cam.cache import ExplanationCache
 from btxrd_cam.checkpoint import load_checkpoint
 from btxrd_cam.console import progress, warn
 from btxrd_cam.data import ImageItem, fit_long_side, load_image, manifest_path, split_items
-from btxrd_cam.engine import CamConfig, Engine, Explanation
+from btxrd_cam.engine import LIBRARY_PATH, CamConfig, Engine, Explanation
 from btxrd_cam.errors import UsageError, per_image, raise_if_interrupted
-from btxrd_cam.labelme import rasterize_annotation
+from btxrd_cam.labelme import DEFAULT_REGION, rasterize_annotation
+from btxrd_cam.layers import auto_layers, get_layer
 from btxrd_cam.settings import ModelSettings, SplitSettings
 
 T = TypeVar("T")
@@ -85,6 +87,49 @@ def load_tuning_items(settings: SplitSettings, class_names: list[str]) -> tuple[
     if not items:
         raise UsageError(f"--threshold: tune needs annotated images in {manifest}, and it has none")
     return items, manifest
+
+
+def resolve_configurations(methods: list[str], layers, checkpoint) -> tuple[list[CamConfig], list[str]]:
+    """Every method × every layer (`layers`: a list of names, or "auto": the target layer and the three stages
+    before it), canonical names, in that order; repeated ones dropped with a note."""
+    model, size = checkpoint.model, checkpoint.image_size
+    if layers == "auto":
+        names = auto_layers(model, checkpoint.target_layer_name, size)
+    else:
+        names = [get_layer(model, name, "--layers")[0] for name in layers]
+    configs, dropped = [], []
+    for method in methods:
+        for layer in names:
+            config = CamConfig(method, layer)
+            if config in configs:
+                dropped.append(config.name)
+            else:
+                configs.append(config)
+    notes = (
+        [f"dropped {len(dropped)} repeated configuration(s): {', '.join(dict.fromkeys(dropped))}"] if dropped else []
+    )
+    slow = sorted({c.method for c in configs if c.method in LIBRARY_PATH})
+    if slow:
+        notes.append(f"{', '.join(slow)} run through pytorch-grad-cam's own passes per layer (slow: many forwards)")
+    return configs, notes
+
+
+def resolve_reference(wanted: str | None, default: str, checkpoint, names: list[str]) -> tuple[str, list[str]]:
+    """The configuration the others are compared with: `wanted` (--reference, any spelling of its layer), else
+    `default` (what annotate-iou reports: the method at the checkpoint's target layer), else the first
+    configuration (with a note)."""
+    if wanted:
+        chosen = wanted.strip()
+        if "@" in chosen:  # the same configuration may be spelled with another layer name (stages[-1])
+            method, layer = chosen.split("@", 1)
+            with contextlib.suppress(UsageError):  # unknown layer: reported below, with the valid names
+                chosen = f"{method.strip().lower()}@{get_layer(checkpoint.model, layer.strip(), '--reference')[0]}"
+        if chosen not in names:
+            raise UsageError(f"--reference: got {wanted}; must be one of the configurations: {', '.join(names)}")
+        return chosen, []
+    if default in names:
+        return default, []
+    return names[0], [f"reference {default} is not among the configurations; comparing with {names[0]}"]
 
 
 def checkpoint_info(engine: Engine) -> dict:
@@ -171,7 +216,7 @@ def explain_and_score(
 
 
 def reread_most_confident(
-    scored: list, top: int, quiet: bool, what: str, long_side: int | None = None
+    scored: list, top: int, quiet: bool, what: str, long_side: int | None = None, region: str = DEFAULT_REGION
 ) -> list[tuple[object, object, object]]:
     """The `top` most confident correctly classified of the scored images (each with `item`, `record` and its
     maps), decoded again for drawing only — the one pass keeps no full-size pixels, and which images are shown is
@@ -186,9 +231,9 @@ def reread_most_confident(
         def read(item=s.item):
             pixels, size = load_image(item.path)
             if long_side is None:
-                return pixels, rasterize_annotation(item.annotation, *size).mask
+                return pixels, rasterize_annotation(item.annotation, *size, region=region).mask
             small = fit_long_side(pixels, long_side)
-            return small, rasterize_annotation(item.annotation, *size, draw_size=small.shape[:2]).mask
+            return small, rasterize_annotation(item.annotation, *size, draw_size=small.shape[:2], region=region).mask
 
         read_back = per_image(read, lambda reason: warn(f"{reason} (left out of {what})", quiet), s.item.path)
         if read_back is not None:
@@ -215,6 +260,17 @@ def open_cache(settings, engine: Engine) -> ExplanationCache | None:
         "eigen_smooth": engine.eigen_smooth,
     }
     return ExplanationCache(settings.out, context, warn=lambda message: warn(message, settings.quiet))
+
+
+def image_context(item: ImageItem, orig_size: tuple[int, int] | None) -> dict:
+    """What a record says about where an image comes from (dataset.csv's centre, view and body region; None when
+    unknown) and its size in megapixels (None when it could not be decoded): the keys of the breakdowns."""
+    return {
+        "center": item.center,
+        "view": item.view,
+        "body_region": item.body_region,
+        "megapixels": orig_size[0] * orig_size[1] / 1e6 if orig_size else None,
+    }
 
 
 def failure_record(item_id: str, path: Path | str, error: str) -> dict:

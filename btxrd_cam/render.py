@@ -350,3 +350,85 @@ def annotation_metrics_figure(report: dict, path: Path, dpi: int = 110) -> Path:
                  fontsize=11)  # fmt: skip
     fig.tight_layout()
     return save_figure(fig, path, dpi)
+
+
+CLASS_COLOURS = ("tab:green", "tab:orange", "tab:red", "tab:blue", "tab:purple", "tab:brown")
+
+
+def evidence_figure(report: dict, names: list[str], path: Path, dpi: int = 120) -> Path:
+    """Left: per image, the drop of the explained class's probability with the lesion removed against the drop with
+    an equal area removed elsewhere (the diagonal: no difference; above it, the lesion matters more), coloured by
+    true class. Right: mean drop and 95 % CI per copy kind and per configuration's map region removed."""
+    records = report["records"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 5.2), gridspec_kw={"width_ratios": [1, 1.15]})
+    classes = report["checkpoint"]["class_names"]
+    points = [(r["drop"]["control_removed"], r["drop"]["lesion_removed"], r["label"]) for r in records]
+    points = [(x, y, label) for x, y, label in points if x is not None and y is not None]
+    values = [v for x, y, _ in points for v in (x, y)] or [0.0, 1.0]
+    low, high = min(-0.05, min(values) - 0.05), max(0.05, max(values) + 0.05)
+    left.plot([low, high], [low, high], color="0.5", lw=1, ls="--", label="no difference")
+    delta = report["delta"]
+    left.plot([low, high], [low + delta, high + delta], color="0.75", lw=1, ls=":", label=f"relies: above +{delta:g}")
+    for c, name in enumerate(classes):
+        xs = [x for x, _, label in points if label == name]
+        ys = [y for _, y, label in points if label == name]
+        if xs:
+            left.scatter(xs, ys, s=18, color=CLASS_COLOURS[c % len(CLASS_COLOURS)], label=f"{name} ({len(xs)})")
+    left.set_xlim(low, high)
+    left.set_ylim(low, high)
+    left.set_xlabel("drop in p, equal area removed elsewhere (control)", fontsize=9)
+    left.set_ylabel("drop in p, lesion removed", fontsize=9)
+    left.grid(color="0.92")
+    left.legend(fontsize=7, loc="upper left")
+    left.set_title(f"Is the lesion the evidence? ({len(points)} images)", fontsize=10)
+    rows = [(kind.replace("_", " "), report["summary"][kind]["drop"]) for kind in
+            ("lesion_removed", "control_removed", "lesion_only")]  # fmt: skip
+    rows += [(f"{name} region removed", report["configurations"][name]["cam_removed"]["drop"]) for name in names]
+    ys = np.arange(len(rows))[::-1]
+    for y, (label, cell) in zip(ys, rows, strict=True):
+        if cell["mean"] is None:
+            continue
+        lo, hi = cell["ci95"] or (cell["mean"], cell["mean"])
+        colour = "tab:red" if label.startswith("lesion removed") else "0.5" if "control" in label else "tab:blue"
+        right.barh(y, cell["mean"], color=colour, alpha=0.6)
+        right.errorbar(cell["mean"], y, xerr=[[cell["mean"] - lo], [hi - cell["mean"]]], fmt="none", ecolor="k",
+                       capsize=3, lw=1)  # fmt: skip
+    right.axvline(0, color="k", lw=0.8)
+    right.set_yticks(ys)
+    right.set_yticklabels([label for label, _ in rows], fontsize=8)
+    right.set_xlabel("mean drop in p of the explained class (95 % bootstrap CI)", fontsize=9)
+    right.grid(axis="x", color="0.92")
+    fill = report["fill"]["name"]
+    right.set_title(f"what each removal costs the model (fill: {fill})", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi)
+
+
+def evidence_examples(rows: list[dict], path: Path, dpi: int = 110) -> Path:
+    """One row per image, at the model's input resolution: the original with the lesion outline, then each copy
+    (lesion removed, control removed, lesion only, the reference map's region removed), each titled with the
+    explained class's probability; removed regions outlined (lesion green, control yellow, map region cyan).
+    rows: {title, panels: [(name, uint8 [S, S], p)], lesion, control, cam_region: bool [S, S]}."""
+    n = max(1, len(rows))
+    columns = max((len(row["panels"]) for row in rows), default=5)
+    fig, axes = plt.subplots(n, columns, figsize=(2.4 * columns, 2.6 * n), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if not rows:
+        axes[0][0].text(0.5, 0.5, "no correctly classified annotated image", ha="center", va="center")
+    outlines = {"original": ("lesion", OUTLINE_RGB), "lesion removed": ("lesion", OUTLINE_RGB),
+                "control removed": ("control", (255, 220, 0)), "lesion only": ("lesion", OUTLINE_RGB)}  # fmt: skip
+    for r, row in enumerate(rows):
+        for c, (name, pixels, p) in enumerate(row["panels"]):
+            key, colour = outlines.get(name, ("cam_region", (0, 220, 255)))
+            shown = as_rgb(pixels)
+            if row.get(key) is not None:
+                contours, _ = cv2.findContours(row[key].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+                shown = shown.copy()
+                cv2.drawContours(shown, contours, -1, colour, 1)
+            axes[r][c].imshow(shown, aspect="equal")
+            axes[r][c].set_title(f"{name}\np = {p:.2f}" if p is not None else name, fontsize=8)
+        axes[r][0].set_ylabel(row["title"], fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi)

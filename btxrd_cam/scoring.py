@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from btxrd_cam.errors import InputError
-from btxrd_cam.labelme import Annotation, rasterize_annotation
+from btxrd_cam.labelme import DEFAULT_REGION, Annotation, rasterize_annotation
 from btxrd_cam.metrics import localization_metrics, otsu_threshold
 
 Resolution = str | int  # "original", "model" or a long side in pixels
@@ -40,20 +40,28 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def annotation_mask(
-    source: Path | dict, orig_size: tuple[int, int], resolution: Resolution, model_size: int, path: Path | None = None
+    source: Path | dict,
+    orig_size: tuple[int, int],
+    resolution: Resolution,
+    model_size: int,
+    path: Path | None = None,
+    region: str = DEFAULT_REGION,
 ) -> Annotation:
     """The annotation (a LabelMe file, or its parsed contents with `path` naming it) of an image of `orig_size` as a
-    mask at the scoring size; InputError if it has no area there."""
+    mask at the scoring size, drawn from the shapes `region` chooses; InputError if it has no area there."""
     path = Path(path or source)
     size = scoring_size(orig_size, resolution, model_size)
     if resolution == "model":
-        annotation = rasterize_annotation(source, *orig_size, path=path)
+        annotation = rasterize_annotation(source, *orig_size, path=path, region=region)
         if annotation.area == 0:
             raise InputError(path, "annotation has no area")
-        annotation = Annotation(resize_mask(annotation.mask, size), annotation.warnings)
+        annotation = Annotation(
+            resize_mask(annotation.mask, size), annotation.warnings, annotation.region_used, annotation.lesions
+        )
         where = " at model resolution"
     else:
-        annotation = rasterize_annotation(source, *orig_size, path=path, draw_size=None if size == orig_size else size)
+        draw_size = None if size == orig_size else size
+        annotation = rasterize_annotation(source, *orig_size, path=path, draw_size=draw_size, region=region)
         where = "" if size == orig_size else f" at {size[1]}x{size[0]}"
     if annotation.area == 0:
         raise InputError(path, f"annotation has no area{where}")

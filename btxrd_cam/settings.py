@@ -16,6 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, fi
 
 from btxrd_cam.data import SUBSETS, default_workers
 from btxrd_cam.errors import UsageError
+from btxrd_cam.labelme import DEFAULT_REGION, REGIONS
 
 DEFAULT_CKPT = Path("checkpoints/best_stratified.pt")
 CKPT_ENV = "BTXRD_CAM_CKPT"
@@ -32,6 +33,7 @@ METHOD_NAMES = (
 )
 SINGLE_PASS_METHODS = METHOD_NAMES[:7]  # compare's default: the methods one pass serves
 BASELINE_NAMES = ("uniform", "centre", "edges")
+FILLS = ("impute", "blur", "mean")  # evidence's fills (faithfulness.fill_region)
 RANK_METRICS = ("pxap", "iou", "dice", "pointing_game", "energy_pointing_game")
 
 
@@ -242,6 +244,12 @@ class OutputSettings(BaseModel):
         return value
 
 
+class RegionSettings(BaseModel):
+    """Which annotation shapes make a lesion's mask (see labelme.REGIONS)."""
+
+    region: Annotated[str, _choice(*REGIONS)] = DEFAULT_REGION
+
+
 class InferSettings(ModelSettings, SplitSettings):
     inputs: list[str] = []
     format: Annotated[str, _choice("jsonl", "json", "csv")] = "jsonl"
@@ -249,7 +257,7 @@ class InferSettings(ModelSettings, SplitSettings):
     metrics: Path | None = None
 
 
-class ExplainSettings(ModelSettings, OutputSettings):
+class ExplainSettings(ModelSettings, OutputSettings, RegionSettings):
     inputs: list[str]
     out: Path = Path(".")
     alpha: UnitFloat = 0.4
@@ -266,13 +274,13 @@ class ExplainSettings(ModelSettings, OutputSettings):
         return value
 
 
-class GallerySettings(ModelSettings, SplitSettings, OutputSettings):
+class GallerySettings(ModelSettings, SplitSettings, OutputSettings, RegionSettings):
     k: Count = 3
     no_cache: bool = False
     format: Annotated[str, _choice("png", "jpg")] = "png"
 
 
-class AnnotateSettings(ModelSettings, SplitSettings, OutputSettings):
+class AnnotateSettings(ModelSettings, SplitSettings, OutputSettings, RegionSettings):
     threshold: Annotated[float | str, BeforeValidator(_threshold)] = 0.5
     select: Annotated[str, _choice("all", "correct")] = "all"
     top: Count = 5
@@ -312,7 +320,7 @@ def _layer_list(value):
     return "auto" if [i.lower() for i in items] == ["auto"] else items
 
 
-class CompareSettings(ModelSettings, SplitSettings, OutputSettings):
+class CompareSettings(ModelSettings, SplitSettings, OutputSettings, RegionSettings):
     methods: Annotated[list[str], _names(METHOD_NAMES, "all")] = list(SINGLE_PASS_METHODS)
     layers: Annotated[str | list[str], BeforeValidator(_layer_list)] = "auto"
     baselines: Annotated[list[str], _names(BASELINE_NAMES, "all", "none")] = list(BASELINE_NAMES)
@@ -323,6 +331,46 @@ class CompareSettings(ModelSettings, SplitSettings, OutputSettings):
     rank_by: Annotated[str, _choice(*RANK_METRICS)] = "pxap"
     top: Count = 4
     images: bool = True
+    no_cache: bool = False
+
+
+def _bounded_int(low: int, high: int):
+    def check(value):
+        allowed = f"must be a whole number from {low} to {high}"
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise ValueError(allowed) from None
+        if not low <= number <= high:
+            raise ValueError(allowed)
+        return number
+
+    return BeforeValidator(check)
+
+
+def _delta(value) -> float:
+    allowed = "must be a number from 0 (inclusive) to 1 (exclusive)"
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ValueError(allowed) from None
+    if math.isnan(number) or not 0.0 <= number < 1.0:
+        raise ValueError(allowed)
+    return number
+
+
+class EvidenceSettings(ModelSettings, SplitSettings, OutputSettings, RegionSettings):
+    methods: Annotated[list[str] | None, _names(METHOD_NAMES, "all")] = None  # None: --method only
+    layers: Annotated[str | list[str] | None, BeforeValidator(_layer_list)] = None  # None: the target layer
+    reference: str | None = None
+    fill: Annotated[str, _choice(*FILLS)] = "impute"
+    margin: Annotated[int, _int_at_least(0)] = 2
+    controls: Annotated[int, _bounded_int(1, 32)] = 4
+    delta: Annotated[float, BeforeValidator(_delta)] = 0.10
+    select: Annotated[str, _choice("all", "correct")] = "all"
+    seed: Annotated[int, _int_at_least(0)] = 0
+    top: Count = 4
+    resolution: ScoringResolution = SCORING_RESOLUTION
     no_cache: bool = False
 
 
@@ -377,7 +425,7 @@ class DemoSettings(BaseModel):
 
     out_dir: Path
     seed: Annotated[int, _int_at_least(0)] = 0
-    images: Annotated[int, _int_at_least(30)] = 300
+    images: Annotated[int, _int_at_least(30)] = 400
     arch: str = "efficientnet_b0"
     image_size: Annotated[int, _int_at_least(32)] = 160
     epochs: Count = 18

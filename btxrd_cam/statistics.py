@@ -83,9 +83,52 @@ def paired_bootstrap(a, b, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOO
     }
 
 
-def lesion_size_bins(mask_areas: list[float]) -> tuple[float, float] | None:
-    """Tertile edges of the mask area fractions (small ≤ first < medium ≤ second < large)."""
-    if not mask_areas:
+def tertile_edges(values) -> tuple[float, float] | None:
+    """Tertile edges of the non-missing values (low ≤ first < middle ≤ second < high); None without values."""
+    array = _floats(values)
+    if array.size == 0:
         return None
-    low, high = np.percentile(np.asarray(mask_areas, dtype=np.float64), [100 / 3, 200 / 3])
+    low, high = np.percentile(array, [100 / 3, 200 / 3])
     return float(low), float(high)
+
+
+TERTILE_NAMES = ("small", "medium", "large")
+
+
+def _tertile(value, edges) -> str:
+    if value is None or edges is None:
+        return "unknown"
+    return TERTILE_NAMES[0] if value <= edges[0] else TERTILE_NAMES[1] if value <= edges[1] else TERTILE_NAMES[2]
+
+
+def breakdowns(records: list[dict], summarise, lesion_area) -> dict:
+    """`summarise(records)` per group of records: by true class, correct vs missed, subtype, lesion size tertile,
+    centre, view, body region and image size tertile (megapixels). Records carry `label, pred, subtype, center,
+    view, body_region, megapixels`; `lesion_area(record)` gives the lesion's area fraction. A record without the
+    grouping's value goes to `unknown`."""
+
+    def group(key):
+        groups: dict[str, list[dict]] = {}
+        for record in records:
+            value = key(record)
+            groups.setdefault("unknown" if value is None else str(value), []).append(record)
+        return {name: summarise(rows) for name, rows in sorted(groups.items())}
+
+    areas = tertile_edges(lesion_area(r) for r in records)
+    sizes = tertile_edges(r.get("megapixels") for r in records)
+    return {
+        "by_class": group(lambda r: r["label"]),
+        "by_outcome": group(lambda r: "correct" if r["pred"] == r["label"] else "missed"),
+        "by_subtype": group(lambda r: r.get("subtype")),
+        "by_lesion_size": {
+            "tertile_edges_mask_area": list(areas) if areas else None,
+            **(group(lambda r: _tertile(lesion_area(r), areas)) if areas else {}),
+        },
+        "by_centre": group(lambda r: r.get("center")),
+        "by_view": group(lambda r: r.get("view")),
+        "by_body_region": group(lambda r: r.get("body_region")),
+        "by_image_size": {
+            "tertile_edges_megapixels": list(sizes) if sizes else None,
+            **(group(lambda r: _tertile(r.get("megapixels"), sizes)) if sizes else {}),
+        },
+    }

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from btxrd_cam.checkpoint import save_upstream_checkpoint
-from btxrd_cam.commands.demo import write_dataset
 from btxrd_cam.data import DEFAULT_CLASS_NAMES
 from btxrd_cam.errors import STRICT_ENV
 from btxrd_cam.settings import build_settings
+from btxrd_cam.synthetic import EQUAL_MIX, write_dataset
 
 # Inside a batch, an unexpected exception would become one image's error record; in the tests it must surface.
 os.environ[STRICT_ENV] = "1"
@@ -67,7 +67,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_project_template(tmp_path_factory, tiny_ckpt) -> Path:
     root = tmp_path_factory.mktemp("project")
-    write_dataset(root, n_images=36, seed=3)
+    write_dataset(root, n_images=36, seed=3, mix=EQUAL_MIX)
     (root / "checkpoints").mkdir()
     shutil.copy(tiny_ckpt, root / "checkpoints" / "best_stratified.pt")
     return root

@@ -22,6 +22,12 @@ RECORD_KEYS = {
     "pxap",
     "cam_area",
     "mask_area",
+    "center",
+    "view",
+    "body_region",
+    "megapixels",
+    "region_used",
+    "lesions",
     "error",
 }
 
@@ -48,7 +54,15 @@ def test_report_scores_every_annotated_image(tiny_project):
     assert summary["iou"]["count"] == len(report["records"]) and set(METRICS) <= set(summary)
     assert summary["iou_mean_ci95"][0] <= summary["iou"]["mean"] <= summary["iou_mean_ci95"][1]
     assert report["sweep"]["thresholds"] == list(SWEEP_THRESHOLDS) and len(report["sweep"]["mean_iou"]) == 19
-    assert set(report["breakdowns"]) == {"by_class", "by_outcome", "by_subtype", "by_lesion_size"}
+    assert set(report["breakdowns"]) == {
+        "by_class", "by_outcome", "by_subtype", "by_lesion_size", "by_centre", "by_view", "by_body_region",
+        "by_image_size",
+    }  # fmt: skip
+    for key in ("by_centre", "by_view", "by_body_region"):
+        groups = report["breakdowns"][key]
+        assert sum(g["count"] for g in groups.values()) == len(report["records"]) and "unknown" not in groups
+    assert set(report["breakdowns"]["by_view"]) <= {"frontal", "lateral", "oblique"}
+    assert all(r["region_used"] == "outline" and r["lesions"] >= 1 for r in report["records"])
     assert (tiny_project / "out/annotation_comparison.png").is_file()
 
 
@@ -134,3 +148,31 @@ def test_otsu_records_each_images_threshold(tiny_project):
     report = run_annotate(_settings(tiny_project, threshold="otsu")).report
     assert report["threshold"]["mode"] == "otsu"
     assert all(0 < r["threshold"] <= 1 for r in report["records"])
+
+
+def test_mask_area_is_the_outlines_area_unless_asked_for_boxes(tiny_project):
+    """BTXRD-style files (a polygon and its rectangle per lesion): annotate-iou scores against the polygons by
+    default, against the rectangles with --region box and their union with --region all."""
+    from btxrd_cam.labelme import rasterize_annotation
+    from btxrd_cam.scoring import scoring_size
+
+    areas = {}
+    for region in ("outline", "box", "all"):
+        report = run_annotate(_settings(tiny_project, region=region, images=False)).report
+        assert report["settings"]["region"] == region
+        areas[region] = {r["image_id"]: r["mask_area"] for r in report["records"]}
+        for record in report["records"][:3]:
+            path = tiny_project / "data_raw/Annotations" / f"{record['image_id']}.json"
+            data = json.loads(path.read_text())
+            size = scoring_size((data["imageHeight"], data["imageWidth"]), 512, 64)
+            shapes = [
+                s
+                for s in data["shapes"]
+                if s["shape_type"] == {"outline": "polygon", "box": "rectangle"}.get(region, s["shape_type"])
+            ]
+            expected = rasterize_annotation(
+                {"shapes": shapes}, data["imageHeight"], data["imageWidth"], draw_size=size, region="all"
+            )
+            assert record["mask_area"] == pytest.approx(expected.mask.mean(), abs=1e-6)
+    for image_id, outline in areas["outline"].items():
+        assert outline < areas["box"][image_id] <= areas["all"][image_id]

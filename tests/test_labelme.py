@@ -16,7 +16,9 @@ def _iou(a, b):
 
 
 def _single(shape, height, width):
-    return rasterize_annotation({"shapes": [shape], "imageHeight": height, "imageWidth": width}, height, width)
+    return rasterize_annotation(
+        {"shapes": [shape], "imageHeight": height, "imageWidth": width}, height, width, region="all"
+    )
 
 
 def test_each_shape_of_labelmes_own_file_matches_labelmes_pixel_area(labelme_samples):
@@ -34,7 +36,7 @@ def test_each_shape_of_labelmes_own_file_matches_labelmes_pixel_area(labelme_sam
             union |= mask
             # another rasteriser differs from Pillow's only along the boundary
             assert abs(int(mask.sum()) - want["area_px"]) <= 0.03 * want["area_px"], (name, shape["label"])
-        whole = rasterize_annotation(labelme_samples / name, info["height"], info["width"])
+        whole = rasterize_annotation(labelme_samples / name, info["height"], info["width"], region="all")
         assert np.array_equal(whole.mask, union)
         assert abs(whole.area - info["union_area_px"]) <= 0.02 * info["union_area_px"]
 
@@ -180,3 +182,80 @@ def test_shapes_that_do_not_fit_are_refused_with_the_reason(shape, reason):
 def test_four_rectangle_corners_give_their_box():
     mask = _single({"shape_type": "rectangle", "points": [[2, 3], [6, 3], [6, 8], [2, 8]]}, 20, 20).mask
     assert mask.sum() == 5 * 6 and mask[3:9, 2:7].all()
+
+
+# ---- which shapes make the mask (--region) -------------------------------------------------------------------
+
+BTXRD_POLYGON = [[40, 30], [70, 35], [75, 60], [50, 70], [35, 55]]
+
+
+def _btxrd_file(lesions: list[list[list[float]]]) -> dict:
+    """BTXRD's convention: per lesion one polygon and one rectangle around it, both labelled with the subtype."""
+    shapes = []
+    for points in lesions:
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        shapes.append({"label": "osteosarcoma", "points": points, "shape_type": "polygon", "flags": {}})
+        shapes.append(
+            {
+                "label": "osteosarcoma",
+                "points": [[min(xs) - 3, min(ys) - 3], [max(xs) + 3, max(ys) + 3]],
+                "shape_type": "rectangle",
+                "flags": {},
+            }
+        )
+    return {"version": "5.2.1", "shapes": shapes, "imageData": None, "imageHeight": 100, "imageWidth": 120}
+
+
+def test_a_btxrd_file_gives_the_outline_the_box_or_their_union():
+    data = _btxrd_file([BTXRD_POLYGON])
+    polygon = rasterize_annotation({"shapes": data["shapes"][:1]}, 100, 120, region="all")
+    box = rasterize_annotation({"shapes": data["shapes"][1:]}, 100, 120, region="all")
+    outline = rasterize_annotation(data, 100, 120)  # the default
+    assert outline.region_used == "outline" and outline.lesions == 1 and not outline.warnings
+    assert np.array_equal(outline.mask, polygon.mask)
+    boxed = rasterize_annotation(data, 100, 120, region="box")
+    assert np.array_equal(boxed.mask, box.mask) and boxed.area == (75 + 3 - 35 + 3 + 1) * (70 + 3 - 30 + 3 + 1)
+    union = rasterize_annotation(data, 100, 120, region="all")
+    assert np.array_equal(union.mask, polygon.mask | box.mask)
+    # the box is much more than the lesion: what every metric was scored against before
+    assert box.area > 1.5 * polygon.area
+
+
+def test_a_multi_lesion_file_counts_its_lesions_and_unions_them():
+    second = [[p[0] + 40, p[1] + 20] for p in BTXRD_POLYGON]
+    data = _btxrd_file([BTXRD_POLYGON, second])
+    both = rasterize_annotation(data, 100, 120)
+    first = rasterize_annotation(_btxrd_file([BTXRD_POLYGON]), 100, 120)
+    assert both.lesions == 2
+    assert both.area == 2 * first.area  # two disjoint copies of the same polygon
+
+
+def test_a_rectangle_only_file_falls_back_to_its_rectangles_with_a_warning():
+    data = _btxrd_file([BTXRD_POLYGON])
+    data["shapes"] = data["shapes"][1:]
+    annotation = rasterize_annotation(data, 100, 120)
+    assert annotation.region_used == "box" and annotation.lesions == 1
+    assert annotation.area == rasterize_annotation(data, 100, 120, region="box").area
+    assert any("no outline" in w for w in annotation.warnings)
+
+
+def test_box_without_rectangles_uses_each_outlines_bounding_box():
+    circle = {"shape_type": "circle", "points": [[50, 50], [50, 60]]}
+    annotation = rasterize_annotation({"shapes": [circle]}, 100, 100, region="box")
+    assert annotation.area == 21 * 21 and annotation.mask[40:61, 40:61].all()
+    assert any("bounding boxes" in w for w in annotation.warnings)
+
+
+def test_real_labelme_file_outline_and_box(labelme_samples):
+    """LabelMe's own file with two rectangles, a circle, a polygon and a mask: outline unions the three outlining
+    shapes, box the two rectangles (areas from LabelMe's own rasterisation)."""
+    info = json.loads((labelme_samples / "expected_areas.json").read_text())["primitives.json"]
+    areas = {}
+    for shape in info["shapes"]:
+        areas.setdefault(shape["shape_type"], []).append(shape["area_px"])
+    outline = rasterize_annotation(labelme_samples / "primitives.json", 450, 560)
+    box = rasterize_annotation(labelme_samples / "primitives.json", 450, 560, region="box")
+    assert outline.lesions == 3 and box.region_used == "box"
+    want_outline = areas["circle"][0] + areas["polygon"][0] + areas["mask"][0]  # disjoint in this file
+    assert abs(outline.area - want_outline) <= 0.03 * want_outline
+    assert abs(box.area - sum(areas["rectangle"])) <= 0.03 * sum(areas["rectangle"])

@@ -15,7 +15,7 @@ from btxrd_cam.console import show, summary_table
 from btxrd_cam.data import ImageItem
 from btxrd_cam.engine import Engine, Explanation
 from btxrd_cam.errors import UsageError
-from btxrd_cam.labelme import rasterize_annotation, read_labelme
+from btxrd_cam.labelme import DEFAULT_REGION, rasterize_annotation, read_labelme
 from btxrd_cam.maps import upsample_cam
 from btxrd_cam.metrics import SWEEP_THRESHOLDS
 from btxrd_cam.outputs import ANNOTATION_REPORT, OVERLAY_FOLDER, OVERLAY_LONG_SIDE
@@ -23,6 +23,7 @@ from btxrd_cam.pipeline import (
     annotated,
     checkpoint_info,
     explain_and_score,
+    image_context,
     load_split,
     load_tuning_items,
     open_cache,
@@ -33,7 +34,8 @@ from btxrd_cam.render import annotation_metrics_figure, comparison_figure, save_
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
 from btxrd_cam.scoring import annotation_mask, score_map
 from btxrd_cam.settings import AnnotateSettings
-from btxrd_cam.statistics import bootstrap_ci, describe, lesion_size_bins
+from btxrd_cam.statistics import bootstrap_ci, describe
+from btxrd_cam.statistics import breakdowns as group_breakdowns
 
 METRICS = ("iou", "dice", "pointing_game", "energy_pointing_game", "pxap", "cam_area", "mask_area")
 FIGURE_NAME = "annotation_comparison.png"
@@ -59,20 +61,23 @@ class AnnotateOutcome:
 
 
 def score_image(
-    result: Explanation, engine: Engine, threshold, resolution, overlays: Path | None = None
+    result: Explanation, engine: Engine, threshold, resolution, overlays: Path | None = None, region=DEFAULT_REGION
 ) -> tuple[dict, list[float]]:
     """Metrics of one explained image against its annotation, and its overlay in `overlays` when given (drawn on
     the thumbnail the engine kept from its decode). Raises InputError for an unusable annotation."""
     path = result.item.annotation
     data = read_labelme(path)
-    annotation = annotation_mask(data, result.orig_size, resolution, engine.checkpoint.image_size, path=path)
+    model_size = engine.checkpoint.image_size
+    annotation = annotation_mask(data, result.orig_size, resolution, model_size, path=path, region=region)
     cam = upsample_cam(result.cam, annotation.mask.shape)
     metrics = score_map(cam, annotation.mask, threshold, sweep=SWEEP_THRESHOLDS)
     sweep = metrics.pop("sweep")
+    metrics.update(region_used=annotation.region_used, lesions=annotation.lesions)
     if result.warnings or annotation.warnings:  # the image's (a multi-frame DICOM, say), then the annotation's
         metrics["warnings"] = [*result.warnings, *annotation.warnings]
     if overlays is not None and result.thumbnail is not None:
-        outline = rasterize_annotation(data, *result.orig_size, path=path, draw_size=result.thumbnail.shape[:2])
+        small = result.thumbnail.shape[:2]
+        outline = rasterize_annotation(data, *result.orig_size, path=path, draw_size=small, region=region)
         save_overlay(overlays, result.item.image_id, result.thumbnail, result.cam, outline.mask)
         result.thumbnail = None  # drawn: no longer needed
     return metrics, sweep
@@ -87,7 +92,10 @@ def _record(result: Explanation, names: list[str], error: str | None) -> dict:
         "pred": names[result.pred] if ok else None,
         "confidence": float(result.probs[result.pred]) if ok else None,
         "subtype": item.subtype,
+        **image_context(item, result.orig_size),
         **dict.fromkeys(METRICS),
+        "region_used": None,
+        "lesions": None,
         "error": error,
     }
 
@@ -97,7 +105,7 @@ def _score(result: Explanation, engine: Engine, settings: AnnotateSettings, thre
     record = _record(result, engine.class_names, result.error)
     if not result.ok:
         return Scored(record, result.item, None, None)
-    metrics, sweep = score_image(result, engine, threshold, settings.resolution, overlays)
+    metrics, sweep = score_image(result, engine, threshold, settings.resolution, overlays, settings.region)
     record.update(metrics)
     return Scored(record, result.item, result.cam, sweep)
 
@@ -163,33 +171,15 @@ def summarize(records: list[dict]) -> dict:
 
 
 def breakdowns(records: list[dict]) -> dict:
-    """The summary by true class, by correct vs missed, by subtype and by lesion-size tertile."""
-
-    def group(key):
-        groups: dict[str, list[dict]] = {}
-        for r in records:
-            groups.setdefault(str(key(r)), []).append(r)
-        return {name: summarize(rows) for name, rows in sorted(groups.items())}
-
-    edges = lesion_size_bins([r["mask_area"] for r in records])
-
-    def size(r):
-        return "small" if r["mask_area"] <= edges[0] else "medium" if r["mask_area"] <= edges[1] else "large"
-
-    return {
-        "by_class": group(lambda r: r["label"]),
-        "by_outcome": group(lambda r: "correct" if r["pred"] == r["label"] else "missed"),
-        "by_subtype": group(lambda r: r["subtype"] or "unknown"),
-        "by_lesion_size": {
-            "tertile_edges_mask_area": list(edges) if edges else None,
-            **(group(size) if edges else {}),
-        },
-    }
+    """The summary by true class, correct vs missed, subtype, lesion-size tertile, centre, view, body region and
+    image size."""
+    return group_breakdowns(records, summarize, lambda r: r["mask_area"])
 
 
-def _figure_rows(scored: list[Scored], top: int, quiet: bool) -> list[dict]:
+def _figure_rows(scored: list[Scored], top: int, quiet: bool, region: str) -> list[dict]:
     rows = []
-    for s, pixels, mask in reread_most_confident([s for s in scored if s.cam is not None], top, quiet, "the figure"):
+    usable = [s for s in scored if s.cam is not None]
+    for s, pixels, mask in reread_most_confident(usable, top, quiet, "the figure", region=region):
         title = f"{s.item.image_id}\n{s.record['label']} p={s.record['confidence']:.2f}"
         rows.append({"pixels": pixels, "mask": mask, "cam": s.cam, "iou": s.record["iou"], "title": title})
     return rows
@@ -219,6 +209,7 @@ def run_annotate(settings: AnnotateSettings) -> AnnotateOutcome:
             "target": settings.target,
             "select": settings.select,
             "resolution": settings.resolution,
+            "region": settings.region,
             "threshold": settings.threshold,
             "data_root": str(settings.data_root),
             "splits_dir": str(settings.splits_dir),
@@ -245,7 +236,9 @@ def run_annotate(settings: AnnotateSettings) -> AnnotateOutcome:
     }
     text = write_report(report, settings.out / ANNOTATION_REPORT)
     if to_score:
-        comparison_figure(_figure_rows(evaluated, settings.top, settings.quiet), settings.out / FIGURE_NAME)
+        comparison_figure(
+            _figure_rows(evaluated, settings.top, settings.quiet, settings.region), settings.out / FIGURE_NAME
+        )
         annotation_metrics_figure(report, settings.out / METRICS_FIGURE_NAME)
     show(
         summary_table(f"CAM vs annotation ({len(records)} images)", report["summary"], METRICS),

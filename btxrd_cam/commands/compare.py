@@ -8,7 +8,6 @@ difference against a reference configuration, a ranking, a forest plot and a gri
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +15,9 @@ import numpy as np
 
 from btxrd_cam.console import comparison_table, show, warn
 from btxrd_cam.data import ImageItem, resize_for_model
-from btxrd_cam.engine import LIBRARY_PATH, CamConfig, Engine, Explanation
+from btxrd_cam.engine import Engine, Explanation
 from btxrd_cam.errors import UsageError
 from btxrd_cam.labelme import rasterize_annotation, read_labelme
-from btxrd_cam.layers import auto_layers, get_layer
 from btxrd_cam.maps import baseline_map, upsample_cam
 from btxrd_cam.metrics import SWEEP_THRESHOLDS
 from btxrd_cam.outputs import COMPARISON_REPORT, OVERLAY_FOLDER, OVERLAY_LONG_SIDE
@@ -27,17 +25,21 @@ from btxrd_cam.pipeline import (
     annotated,
     checkpoint_info,
     explain_and_score,
+    image_context,
     load_split,
     load_tuning_items,
     open_cache,
     open_checkpoint,
     open_engine,
     reread_most_confident,
+    resolve_configurations,
+    resolve_reference,
 )
 from btxrd_cam.render import comparison_grid, forest_plot, save_overlay
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
 from btxrd_cam.scoring import annotation_mask, score_map
 from btxrd_cam.settings import CompareSettings
+from btxrd_cam.statistics import breakdowns as group_breakdowns
 from btxrd_cam.statistics import mean_ci, paired_bootstrap
 
 FOREST_NAME = "comparison.png"
@@ -68,62 +70,6 @@ class CompareOutcome:
     empty: bool
 
 
-def resolve_configurations(settings: CompareSettings, checkpoint) -> tuple[list[CamConfig], list[str]]:
-    """Every method × every layer (canonical names), in that order; repeated ones dropped with a note."""
-    model, size = checkpoint.model, checkpoint.image_size
-    if settings.layers == "auto":
-        layers = auto_layers(model, checkpoint.target_layer_name, size)
-    else:
-        layers = [get_layer(model, name, "--layers")[0] for name in settings.layers]
-    configs, dropped = [], []
-    for method in settings.methods:
-        for layer in layers:
-            config = CamConfig(method, layer)
-            if config in configs:
-                dropped.append(config.name)
-            else:
-                configs.append(config)
-    notes = (
-        [f"dropped {len(dropped)} repeated configuration(s): {', '.join(dict.fromkeys(dropped))}"] if dropped else []
-    )
-    slow = sorted({c.method for c in configs if c.method in LIBRARY_PATH})
-    if slow:
-        notes.append(f"{', '.join(slow)} run through pytorch-grad-cam's own passes per layer (slow: many forwards)")
-    return configs, notes
-
-
-def resolve_reference(settings: CompareSettings, checkpoint, names: list[str]) -> tuple[str, list[str]]:
-    """The configuration the others are compared with: --reference, else what annotate-iou reports (the default
-    method at the checkpoint's target layer), else the first configuration (with a note)."""
-    if settings.reference:
-        wanted = settings.reference.strip()
-        if "@" in wanted:  # the same configuration may be spelled with another layer name (stages[-1])
-            method, layer = wanted.split("@", 1)
-            with contextlib.suppress(UsageError):  # unknown layer: reported below, with the valid names
-                wanted = f"{method.strip().lower()}@{get_layer(checkpoint.model, layer.strip(), '--reference')[0]}"
-        if wanted not in names:
-            raise UsageError(
-                f"--reference: got {settings.reference}; must be one of the configurations: {', '.join(names)}"
-            )
-        return wanted, []
-    default = f"{settings.method}@{checkpoint.target_layer_name}"
-    if default in names:
-        return default, []
-    return names[0], [f"reference {default} is not among the configurations; comparing with {names[0]}"]
-
-
-def _blank_record(item: ImageItem, error: str | None) -> dict:
-    return {
-        "image_id": item.image_id,
-        "label": item.label,
-        "pred": None,
-        "confidence": None,
-        "subtype": item.subtype,
-        "metrics": None,
-        "error": error,
-    }
-
-
 def _record(result: Explanation, names: list[str], error: str | None) -> dict:
     ok = result.ok and result.probs is not None
     return {
@@ -132,7 +78,10 @@ def _record(result: Explanation, names: list[str], error: str | None) -> dict:
         "pred": names[result.pred] if ok else None,
         "confidence": float(result.probs[result.pred]) if ok else None,
         "subtype": result.item.subtype,
+        **image_context(result.item, result.orig_size),
         "metrics": None,
+        "region_used": None,
+        "lesions": None,
         "error": error,
     }
 
@@ -160,7 +109,9 @@ def score_configurations(
         return Scored(record, item, None, None, excluded=True)
     model_size = engine.checkpoint.image_size
     data = read_labelme(item.annotation)
-    annotation = annotation_mask(data, result.orig_size, settings.resolution, model_size, path=item.annotation)
+    annotation = annotation_mask(
+        data, result.orig_size, settings.resolution, model_size, path=item.annotation, region=settings.region
+    )
     size, mask = annotation.mask.shape, annotation.mask
     metrics, sweeps = {}, {}
     maps = [(name, lambda raw=raw: upsample_cam(raw, size)) for name, raw in result.maps.items()]
@@ -170,6 +121,7 @@ def score_configurations(
         sweeps[name] = scores.pop("sweep", None)
         metrics[name] = scores
     record["metrics"] = metrics
+    record.update(region_used=annotation.region_used, lesions=annotation.lesions)
     if result.warnings or annotation.warnings:
         record["warnings"] = [*result.warnings, *annotation.warnings]
     if overlay is not None and result.thumbnail is not None:
@@ -178,7 +130,9 @@ def score_configurations(
         shown = result.maps.get(name)
         if shown is None:  # a baseline as the reference
             shown = baseline_map(name, small, result.model_pixels)
-        outline = rasterize_annotation(data, *result.orig_size, path=item.annotation, draw_size=small).mask
+        outline = rasterize_annotation(
+            data, *result.orig_size, path=item.annotation, draw_size=small, region=settings.region
+        ).mask
         save_overlay(folder, item.image_id, result.thumbnail, shown, outline)
         result.thumbnail = None
     return Scored(record, item, result.maps, sweeps if sweep else None)
@@ -227,6 +181,20 @@ def summarize(records: list[dict], names: list[str]) -> dict:
     return summary
 
 
+BREAKDOWN_METRICS = ("iou", "pointing_game", "pxap")
+
+
+def breakdowns(records: list[dict], names: list[str]) -> dict:
+    """{grouping: {group: {name: {metric: {mean, ci95}}, count}}} for IoU, pointing game and PxAP: by true class,
+    correct vs missed, subtype, lesion size, centre, view, body region and image size (as annotate-iou's)."""
+
+    def summarise(rows):
+        body = {name: {m: mean_ci(_values(rows, name, m)) for m in BREAKDOWN_METRICS} for name in names}
+        return {"count": len(rows), "configurations": body}
+
+    return group_breakdowns(records, summarise, lambda r: r["metrics"][names[0]]["mask_area"])
+
+
 def paired_differences(records: list[dict], names: list[str], reference: str) -> dict:
     """{name: {metric: {difference, ci95, excludes_zero}}} of name − reference over the same images."""
     return {
@@ -249,7 +217,8 @@ def _grid_rows(scored: list[Scored], columns: list[str], settings: CompareSettin
     column's map at the thumbnail's size."""
     rows = []
     usable = [s for s in scored if s.maps is not None]
-    for s, small, mask in reread_most_confident(usable, settings.top, settings.quiet, "the grid", GRID_LONG_SIDE):
+    drawn = reread_most_confident(usable, settings.top, settings.quiet, "the grid", GRID_LONG_SIDE, settings.region)
+    for s, small, mask in drawn:
         panels = []
         for name in columns:
             if name in s.maps:
@@ -264,10 +233,12 @@ def _grid_rows(scored: list[Scored], columns: list[str], settings: CompareSettin
 
 def run_compare(settings: CompareSettings) -> CompareOutcome:
     checkpoint = open_checkpoint(settings)
-    configs, notes = resolve_configurations(settings, checkpoint)
-    engine = open_engine(settings, checkpoint, configs, layer_option="--layers")
+    layers = "auto" if settings.layers == "auto" else settings.layers
+    configs, notes = resolve_configurations(settings.methods, layers, checkpoint)
+    engine = open_engine(settings, checkpoint, configs, layer_option="--layers" if layers != "auto" else None)
     names = [c.name for c in configs] + list(settings.baselines)
-    reference, more_notes = resolve_reference(settings, checkpoint, names)
+    default = f"{settings.method}@{checkpoint.target_layer_name}"
+    reference, more_notes = resolve_reference(settings.reference, default, checkpoint, names)
     for note in notes + more_notes:
         warn(note, settings.quiet)
     items = load_split(settings, engine.class_names)
@@ -306,6 +277,7 @@ def run_compare(settings: CompareSettings) -> CompareOutcome:
             "target": settings.target,
             "select": settings.select,
             "resolution": settings.resolution,
+            "region": settings.region,
             "threshold": settings.threshold,
             "rank_by": settings.rank_by,
             "data_root": str(settings.data_root),
@@ -330,6 +302,7 @@ def run_compare(settings: CompareSettings) -> CompareOutcome:
         "summary": summary,
         "paired": paired_differences(records, names, reference) if records else {},
         "ranking": ranking,
+        "breakdowns": breakdowns(records, names) if records else {},
         "records": records,
         "failed": failed,
     }

@@ -74,12 +74,16 @@ def _record(result: Explanation, engine: Engine, settings: ExplainSettings, comm
         shown = overlay(pixels, cam, settings.alpha)
         if settings.annotation is not None:
             model_size = engine.checkpoint.image_size
-            annotation = annotation_mask(settings.annotation, result.orig_size, settings.resolution, model_size)
+            annotation = annotation_mask(
+                settings.annotation, result.orig_size, settings.resolution, model_size, region=settings.region
+            )
             size = annotation.mask.shape
             scored = cam if size == result.orig_size else upsample_cam(result.cam, size)
             done["metrics"] = {
                 "threshold": settings.threshold,
                 "resolution": settings.resolution,
+                "region_used": annotation.region_used,
+                "lesions": annotation.lesions,
                 **score_map(scored, annotation.mask, settings.threshold),
             }
             if annotation.warnings:

@@ -48,7 +48,7 @@ def select_examples(
     return {name: rows[:k] for name, rows in full.items()}, {name: len(rows) for name, rows in full.items()}
 
 
-def _thumbnail(result: Explanation, quiet: bool) -> np.ndarray | None:
+def _thumbnail(result: Explanation, quiet: bool, region: str) -> np.ndarray | None:
     """The overlay thumbnail (with the annotation outline where one exists); None, with a warning, when the image
     cannot be read again; drawn without its outline when the annotation cannot be used."""
 
@@ -57,7 +57,7 @@ def _thumbnail(result: Explanation, quiet: bool) -> np.ndarray | None:
             return None
         path = result.item.annotation
         warned = lambda reason: warn(f"{reason} (drawn without its outline)", quiet)  # noqa: E731
-        return per_image(lambda: rasterize_annotation(path, *size).mask, warned, path)
+        return per_image(lambda: rasterize_annotation(path, *size, region=region).mask, warned, path)
 
     def draw():
         pixels, size = load_image(result.item.path)
@@ -96,7 +96,7 @@ def run_gallery(settings: GallerySettings) -> GalleryOutcome:
             cells, entries = [], []
             for i in chosen[category]:
                 if i not in thumbnails:
-                    thumbnails[i] = _thumbnail(ok[i], settings.quiet)
+                    thumbnails[i] = _thumbnail(ok[i], settings.quiet, settings.region)
                 result = ok[i]
                 entries.append(
                     {
@@ -131,6 +131,7 @@ def run_gallery(settings: GallerySettings) -> GalleryOutcome:
             "method": settings.method,
             "target": settings.target,
             "format": settings.format,
+            "region": settings.region,
             "data_root": str(settings.data_root),
             "splits_dir": str(settings.splits_dir),
         },

@@ -20,6 +20,7 @@ from btxrd_cam.errors import UsageError, one_line
 from btxrd_cam.outputs import (
     ANNOTATION_REPORT,
     COMPARISON_REPORT,
+    EVIDENCE_REPORT,
     GALLERY_REPORT,
     HTML_REPORT,
     OVERLAY_FOLDER,
@@ -35,8 +36,15 @@ REPORT_FILES = {
     "annotation": ANNOTATION_REPORT,
     "comparison": COMPARISON_REPORT,
     "sanity": SANITY_REPORT,
+    "evidence": EVIDENCE_REPORT,
 }
-COMMANDS = {"gallery": "gallery", "annotation": "annotate-iou", "comparison": "compare", "sanity": "sanity"}
+COMMANDS = {
+    "gallery": "gallery",
+    "annotation": "annotate-iou",
+    "comparison": "compare",
+    "sanity": "sanity",
+    "evidence": "evidence",
+}
 MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 TABLE_METRICS = ("iou", "dice", "pointing_game", "pxap")
 
@@ -133,19 +141,37 @@ class _Links:
         return Path(os.path.relpath(path, self.page_dir)).as_posix()
 
 
+def _evidence_columns(reports: dict) -> dict[str, dict]:
+    """Per image id, evidence's drop with the lesion and with the control removed, and whether it relies on the
+    lesion (for the per-image table)."""
+    columns = {}
+    for record in (reports.get("evidence") or {}).get("records", []):
+        drop = record.get("drop") or {}
+        columns[str(record.get("image_id"))] = {
+            "drop_lesion": drop.get("lesion_removed"),
+            "drop_control": drop.get("control_removed"),
+            "relies": record.get("relies_on_lesion"),
+        }
+    return columns
+
+
 def _rows(reports: dict, links: _Links) -> tuple[list[dict], str | None]:
-    """The per-image table: annotate-iou's records and failures (else compare's, at its reference)."""
+    """The per-image table: annotate-iou's records and failures (else compare's, at its reference; else
+    evidence's), with evidence's columns where evidence examined the image."""
     if "annotation" in reports:
         report, source = reports["annotation"], "annotate-iou"
-        records = report.get("records", []) + report.get("failed", [])
         read = lambda r, m: r.get(m)  # noqa: E731
     elif "comparison" in reports:
         report, source = reports["comparison"], f"compare ({reports['comparison'].get('reference')})"
         reference = report.get("reference")
-        records = report.get("records", []) + report.get("failed", [])
         read = lambda r, m: ((r.get("metrics") or {}).get(reference) or {}).get(m)  # noqa: E731
+    elif "evidence" in reports:
+        report, source = reports["evidence"], "evidence"
+        read = lambda r, m: None  # noqa: E731
     else:
         return [], None
+    records = report.get("records", []) + report.get("failed", [])
+    evidence = _evidence_columns(reports)
     rows = []
     for record in records:
         image_id = str(record.get("image_id"))
@@ -157,6 +183,7 @@ def _rows(reports: dict, links: _Links) -> tuple[list[dict], str | None]:
                 "confidence": record.get("confidence"),
                 "subtype": record.get("subtype"),
                 "metrics": {m: read(record, m) for m in TABLE_METRICS},
+                "evidence": evidence.get(image_id),
                 "error": record.get("error"),
                 "outcome": "failed" if record.get("error") else
                 "correct" if record.get("pred") == record.get("label") else "missed",
@@ -169,7 +196,7 @@ def _rows(reports: dict, links: _Links) -> tuple[list[dict], str | None]:
 
 def _header(reports: dict) -> dict:
     """Checkpoint and split, from the first report that names them."""
-    for key in ("annotation", "comparison", "sanity", "gallery", "classification"):
+    for key in ("annotation", "comparison", "evidence", "sanity", "gallery", "classification"):
         if key in reports and isinstance(reports[key].get("checkpoint"), dict):
             settings = reports[key].get("settings") or {}
             return {
@@ -198,6 +225,7 @@ def build_page(folder: Path, page: Path, reports: dict, notes: list[str], embed:
         version=__version__,
         header=_header(reports),
         reports={key: reports.get(key) for key in (*REPORT_FILES, "classification")},
+        has_evidence=any(r["evidence"] is not None for r in rows),
         notes=notes,
         rows=rows,
         rows_source=rows_source,
