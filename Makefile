@@ -19,15 +19,17 @@ $(STAMP): pyproject.toml Makefile
 # The main job: build the synthetic BTXRD-layout demo, then explain it.
 demo: install
 	$(BIN)/btxrd-cam demo $(DEMO_DIR)
+	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam audit > /dev/null
 	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam gallery > /dev/null
 	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam annotate-iou > /dev/null
 	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam infer -q --metrics results/gradcam/metrics.json > /dev/null
 	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam compare > /dev/null
+	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam evidence > /dev/null
 	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam sanity > /dev/null
 	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam report > /dev/null
 	@echo "" >&2
-	@echo "Results (galleries, annotation agreement, comparison, sanity check): $(DEMO_DIR)/results/gradcam/" >&2
-	@echo "HTML report (open it in a browser):                             $(DEMO_DIR)/results/gradcam/report.html" >&2
+	@echo "Results (audit, galleries, annotation agreement, comparison, evidence, sanity): $(DEMO_DIR)/results/gradcam/" >&2
+	@echo "HTML report (open it in a browser):                                         $(DEMO_DIR)/results/gradcam/report.html" >&2
 
 test: install
 	$(BIN)/python -m pytest

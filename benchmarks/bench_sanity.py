@@ -18,7 +18,7 @@ from common import WORK, btxrd_cam, run_command, save_results, table
 # where a sanity run spends its CPU time: (label, a function name that a sample's stack must contain)
 PARTS = {
     "ROAD (all)": "road_combined",
-    "  ROAD: sparse solves of the imputation": "spsolve",
+    "  ROAD: sparse solves of the imputation": "solve_symmetric",
     "  ROAD: assembling the imputation system": "linear_system",
     "  ROAD: model forwards": "_call_impl",
     "explaining: trained + randomised passes": "model_resolution_maps",

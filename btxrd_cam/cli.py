@@ -22,6 +22,7 @@ from btxrd_cam.settings import (
     SCORING_RESOLUTION,
     SINGLE_PASS_METHODS,
     AnnotateSettings,
+    AuditSettings,
     CompareSettings,
     DemoSettings,
     EvidenceSettings,
@@ -549,6 +550,32 @@ def sanity(
         return _exit_code(outcome.failed)
 
     _run(SanitySettings, values, action)
+
+
+@app.command()
+def audit(
+    data_root: DataRoot = Path("data_raw"),
+    splits_dir: SplitsDir = Path("data/splits"),
+    split: Annotated[
+        str, typer.Option(help="stratified, center, dataset (every row of dataset.csv) or a manifest CSV.")
+    ] = "stratified",
+    subset: Annotated[str, typer.Option(help="all, train, val or test.")] = "all",
+    region: Region = "outline",
+    seed: Annotated[str, typer.Option(metavar="INT", help="Seed of the cross-validation folds and bootstrap.")] = "0",
+    out: Out = Path("results/gradcam"),
+    quiet: Quiet = False,
+) -> None:
+    """The data set itself, no model: counts, image sizes, annotation coverage and cues that are not the lesion."""
+    values = dict(locals())
+
+    def action(settings):
+        from btxrd_cam.commands.audit import run_audit
+
+        _, text, failed = run_audit(settings)
+        sys.stdout.write(text)
+        return _exit_code(failed, "image(s) or annotation(s)")
+
+    _run(AuditSettings, values, action)
 
 
 @app.command()

@@ -396,6 +396,44 @@ def _decode_with_pillow(path: Path, raw: bytes, draft_size: int | None) -> tuple
     return pixels, (height, width)
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image from its header, without decoding its pixels (EXIF orientation applied; DICOM
+    Rows/Columns); InputError naming the file when the header cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    if is_dicom(path):
+        return _dicom_size(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:  # lazy: reads the header only
+                width, height = image.size
+                orientation = image.getexif().get(0x0112, 1)
+    except Image.UnidentifiedImageError:
+        raise InputError(path, "not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError, Image.DecompressionBombError) as exc:
+        raise InputError(path, f"unreadable image header ({one_line(exc, 120)})") from None
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+def _dicom_size(path: Path) -> tuple[int, int]:
+    try:
+        import pydicom
+    except ImportError:
+        raise InputError(path, "reading DICOM needs pydicom: pip install 'btxrd-cam[dicom]'") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=path.suffix.lower() in DICOM_SUFFIXES)
+        rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    except Exception as exc:
+        raise InputError(path, f"not a readable DICOM file ({type(exc).__name__})") from None
+    if rows < 1 or columns < 1:
+        raise InputError(path, "DICOM header declares no image size (Rows/Columns)")
+    return rows, columns
+
+
 def fit_long_side(pixels: np.ndarray, long_side: int) -> np.ndarray:
     """Downscale (never up) so the longer side is at most `long_side`, keeping the aspect ratio (area averaging).
 

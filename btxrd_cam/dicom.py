@@ -4,7 +4,10 @@ The display pipeline of DICOM PS3.3 C.11, in order: stored values → modality L
 Modality LUT Sequence) → VOI (a VOI LUT Sequence, else Window Center/Width — the first pair when there are several
 — honouring VOILUTFunction LINEAR, LINEAR_EXACT or SIGMOID) → MONOCHROME1 inverted after the VOI step, and
 PresentationLUTShape INVERSE likewise → 8 bits. `--dicom-window minmax` or `percentile` (0.5–99.5 % of the modality
-values) replace the VOI step; `file` falls back to `minmax` when the file has no window.
+values) replace the VOI step; `file` falls back to `minmax` when the file has no window — except for files whose
+stored values already are display values (at most 8 bits stored, no rescale, no modality LUT), which are shown as
+stored, like their PNG twin. Deeper data without a window keeps `minmax`: a 12- or 16-bit detector rarely fills its
+stored range, so the full range would show a flat, dark image, and viewers default to the data's own range too.
 
 Compressed transfer syntaxes decode through pydicom's plugins (installed with `btxrd-cam[dicom]`, all MIT or BSD
 licensed): pylibjpeg-openjpeg (JPEG 2000), pylibjpeg-rle (RLE), pyjpegls (JPEG-LS) and python-gdcm (JPEG
@@ -97,6 +100,16 @@ def _stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip((values.astype(np.float64) - low) * (255.0 / (high - low)), 0.0, 255.0)
 
 
+def _display_values(ds, values: np.ndarray) -> bool:
+    """Whether the stored values already are display values: at most 8 bits stored, no rescale and no modality LUT
+    (a secondary capture or an 8-bit export of a radiograph). Those are shown as stored, as their PNG twin would be;
+    stretching them to their own min–max would change the image the model sees."""
+    slope, intercept = _first(ds.get("RescaleSlope")), _first(ds.get("RescaleIntercept"))
+    rescaled = (slope not in (None, 1.0)) or (intercept not in (None, 0.0)) or bool(ds.get("ModalityLUTSequence"))
+    bits = int(ds.get("BitsStored") or 0)
+    return 0 < bits <= 8 and not rescaled and values.size > 0 and values.min() >= 0 and values.max() <= 255
+
+
 def _voi(ds, values: np.ndarray, mode: str, warnings_out: list[str]) -> tuple[np.ndarray, dict]:
     """The VOI step → float64 in [0, 255], and the window used (for the record)."""
     from pydicom.pixels import apply_voi
@@ -117,6 +130,8 @@ def _voi(ds, values: np.ndarray, mode: str, warnings_out: list[str]) -> tuple[np
             return window_linear(values, center, width, function), window
         if center is not None or width is not None:
             warnings_out.append("the file's window is unusable: minmax used")
+        if _display_values(ds, values):
+            return values.astype(np.float64), {"source": "stored (8-bit values without a window are display values)"}
         mode = "minmax"
         source = "minmax (the file has no window)"
     else:

@@ -20,6 +20,7 @@ ANNOTATION_REPORT = "annotation_report.json"
 COMPARISON_REPORT = "comparison_report.json"
 SANITY_REPORT = "sanity_report.json"
 EVIDENCE_REPORT = "evidence_report.json"
+AUDIT_REPORT = "audit_report.json"
 HTML_REPORT = "report.html"
 
 CACHE_FOLDER = ".cache"  # the engine's memory (cache.py): re-runs skip the model; safe to delete

@@ -432,3 +432,45 @@ def evidence_examples(rows: list[dict], path: Path, dpi: int = 110) -> Path:
         axes[r][0].set_ylabel(row["title"], fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, dpi)
+
+
+def audit_figure(report: dict, images: list, path: Path, dpi: int = 110) -> Path:
+    """Image size (megapixels, log scale) per class and per centre — one dot per image over a box — and how well
+    each cue that is not the lesion predicts the class (AUC with its 95 % CI; 0.5 chance, 0.70 the warning)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [1, 1, 1.1]})
+    for ax, (key, title) in zip(axes[:2], (("label", "class"), ("center", "centre")), strict=True):
+        groups: dict[str, list[float]] = {}
+        for image in images:
+            if image.megapixels is not None:
+                groups.setdefault(str(getattr(image.item, key) or "unknown"), []).append(image.megapixels)
+        names = sorted(groups)
+        if names:
+            ax.boxplot([groups[n] for n in names], showfliers=False)
+            rng = np.random.default_rng(0)
+            for k, name in enumerate(names, start=1):
+                ax.scatter(k + rng.uniform(-0.15, 0.15, len(groups[name])), groups[name], s=4, alpha=0.4)
+            ax.set_xticks(range(1, len(names) + 1))
+            ax.set_xticklabels([f"{n}\n(n={len(groups[n])})" for n in names], fontsize=8)
+            ax.set_yscale("log")
+        ax.set_title(f"image size by {title}", fontsize=10)
+        ax.set_ylabel("megapixels (log)", fontsize=9)
+        ax.grid(axis="y", color="0.92")
+    ax = axes[2]
+    cues = [(name, body) for name, body in report["cues"].items() if body.get("auc") is not None]
+    ys = np.arange(len(cues))[::-1]
+    for y, (_, body) in zip(ys, cues, strict=True):
+        low, high = body["ci95"] or (body["auc"], body["auc"])
+        colour = "tab:red" if body["auc"] > 0.70 else "tab:blue"
+        ax.errorbar(body["auc"], y, xerr=[[body["auc"] - low], [high - body["auc"]]], fmt="o", color=colour, capsize=3)
+    ax.axvline(0.5, color="0.5", ls="--", lw=1, label="chance")
+    ax.axvline(0.70, color="tab:red", ls=":", lw=1, label="warning (0.70)")
+    ax.set_yticks(ys)
+    ax.set_yticklabels([name for name, _ in cues], fontsize=9)
+    ax.set_xlim(0.3, 1.0)
+    ax.set_xlabel("macro one-vs-rest AUC, cross-validated (95 % CI)", fontsize=9)
+    ax.set_title("does something other than the lesion predict the class?", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(axis="x", color="0.92")
+    fig.suptitle(f"Data audit — {report['settings']['split']} split, {report['images']} images", fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi)

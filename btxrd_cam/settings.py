@@ -394,6 +394,36 @@ class SanitySettings(ModelSettings, SplitSettings, OutputSettings):
         return value
 
 
+class AuditSettings(OutputSettings, RegionSettings):
+    """`audit` reads files only: no checkpoint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_root: Path = Path("data_raw")
+    splits_dir: Path = Path("data/splits")
+    split: str = "stratified"
+    subset: Annotated[str, _choice("all", *SUBSETS)] = "all"
+    seed: Annotated[int, _int_at_least(0)] = 0
+    quiet: bool = False
+
+    @field_validator("split")
+    @classmethod
+    def _split(cls, value: str) -> str:
+        if value in ("stratified", "center", "dataset"):
+            return value
+        path = Path(value)
+        if path.suffix.lower() == ".csv" and path.is_file():
+            return value
+        raise ValueError("must be stratified, center, dataset (every row of dataset.csv) or a manifest CSV")
+
+    @field_validator("data_root")
+    @classmethod
+    def _data_root(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError("no such directory (the BTXRD data root: images/, Annotations/, dataset.csv)")
+        return value
+
+
 class ReportSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -132,3 +132,53 @@ def breakdowns(records: list[dict], summarise, lesion_area) -> dict:
             **(group(lambda r: _tertile(r.get("megapixels"), sizes)) if sizes else {}),
         },
     }
+
+
+def _macro_auc_by_ranks(labels: np.ndarray, probs: np.ndarray, classes: int) -> np.ndarray:
+    """Macro one-vs-rest AUC of rows of resampled images: labels int [B, N], probs float [B, N, C] → float [B]
+    (NaN where a resample lacks a class). The Mann–Whitney form with average ranks for ties: scikit-learn's AUC."""
+    from scipy.stats import rankdata
+
+    aucs = []
+    for c in range(classes):
+        positive = labels == c
+        n_pos = positive.sum(axis=1)
+        n_neg = labels.shape[1] - n_pos
+        ranks = rankdata(probs[:, :, c], axis=1)
+        rank_sum = np.where(positive, ranks, 0.0).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            aucs.append((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    stacked = np.stack(aucs)
+    stacked[:, (stacked != stacked).any(axis=0)] = np.nan
+    return stacked.mean(axis=0)
+
+
+def cue_auc(features: np.ndarray, labels: np.ndarray, seed: int = BOOTSTRAP_SEED, folds: int = 5) -> dict:
+    """How well `features` (float [N, F]) predict the class `labels` (int [N]): a logistic regression (standardised
+    features) cross-validated in stratified folds (fixed seed), scored by the macro one-vs-rest AUC of its
+    out-of-fold probabilities, with a 95 % bootstrap CI over images. {auc, ci95, folds}; all None when a class
+    has fewer than two images."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    labels = np.asarray(labels, dtype=int)
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(classes) < 2 or counts.min() < 2:
+        return {"auc": None, "ci95": None, "folds": None}
+    folds = int(min(folds, counts.min()))
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    probs = cross_val_predict(model, np.asarray(features, float), labels, cv=splitter, method="predict_proba")
+    remapped = np.searchsorted(classes, labels)
+    if len(classes) == 2:
+        auc = float(roc_auc_score(remapped, probs[:, 1]))
+    else:
+        auc = float(roc_auc_score(remapped, probs, multi_class="ovr", average="macro"))
+    index = bootstrap_indices(len(labels), seed=seed)
+    # (with two classes, both one-vs-rest halves are the binary AUC, so their mean is too)
+    resampled = _macro_auc_by_ranks(remapped[index], probs[index], len(classes))
+    low, high = np.nanpercentile(resampled, [2.5, 97.5])
+    return {"auc": auc, "ci95": [float(low), float(high)], "folds": folds}

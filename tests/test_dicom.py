@@ -239,3 +239,30 @@ def test_a_folder_mixing_dicom_png_and_jpeg_and_no_patient_data_anywhere(tiny_ck
         assert "Secretname" not in path.name
         if path.is_file():
             assert b"Secretname" not in path.read_bytes()
+
+
+def test_eight_bit_values_without_a_window_are_shown_as_stored_like_their_png_twin(tmp_path):
+    """An 8-bit MONOCHROME2 file without a window holds display values: it decodes to the pixels its PNG twin holds,
+    not stretched to its own min–max (which changed a prediction, tried as a new user would)."""
+    pixels = (_radiograph(3) * 0.6 + 40).astype(np.uint8)  # 40..193: far from filling 0..255
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = RLELossless
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SamplesPerPixel, ds.PhotometricInterpretation = "OT", 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.compress(RLELossless, pixels, encoding_plugin="pydicom")
+    ds.save_as(tmp_path / "eight.dcm", enforce_file_format=True)
+    cv2.imwrite(str(tmp_path / "eight.png"), pixels)
+    dicom, png = (
+        decode_image(tmp_path / "eight.dcm", keep_gray=True),
+        decode_image(tmp_path / "eight.png", keep_gray=True),
+    )
+    np.testing.assert_array_equal(dicom.pixels, png.pixels)
+    assert dicom.info["window"]["source"].startswith("stored")
+    # deeper data without a window is still stretched to its range
+    deep = decode_image(write_dicom(tmp_path / "deep.dcm", pixels.astype(np.uint16) * 16, bits=12), keep_gray=True)
+    assert deep.pixels.min() == 0 and deep.pixels.max() == 255 and deep.info["window"]["source"].startswith("minmax")

@@ -13,7 +13,9 @@ from typer.testing import CliRunner
 
 from btxrd_cam.cli import app
 from btxrd_cam.commands.annotate import run_annotate
+from btxrd_cam.commands.audit import run_audit
 from btxrd_cam.commands.compare import run_compare
+from btxrd_cam.commands.evidence import run_evidence
 from btxrd_cam.commands.gallery import run_gallery
 from btxrd_cam.commands.infer import run_infer
 from btxrd_cam.commands.report import run_report
@@ -21,7 +23,9 @@ from btxrd_cam.commands.sanity import run_sanity
 from btxrd_cam.outputs import overlay_name
 from btxrd_cam.settings import (
     AnnotateSettings,
+    AuditSettings,
     CompareSettings,
+    EvidenceSettings,
     GallerySettings,
     InferSettings,
     ReportSettings,
@@ -46,6 +50,9 @@ def results(tmp_path_factory, tiny_project_template):
     run_compare(project_settings(CompareSettings, project, methods="gradcam,eigencam", layers="bn2,blocks.2"))
     run_sanity(project_settings(SanitySettings, project, images="4", road_images="1", methods="gradcam"))
     run_infer(project_settings(InferSettings, project, metrics=out / "metrics.json", output=project / "p.jsonl"))
+    run_evidence(project_settings(EvidenceSettings, project, controls="2"))
+    run_audit(build_settings(AuditSettings, data_root=project / "data_raw", splits_dir=project / "data/splits", out=out,
+                             quiet=True))  # fmt: skip
     return out
 
 
@@ -57,9 +64,14 @@ def test_every_report_present_gets_its_section(results):
     outcome = _report(results)
     html = outcome.path.read_text()
     assert outcome.path == results / "report.html" and outcome.notes == []
-    assert outcome.sections == ["annotation", "classification", "comparison", "gallery", "sanity"]
-    for section in ("classification", "galleries", "annotation", "images", "comparison", "sanity"):
+    assert outcome.sections == ["annotation", "audit", "classification", "comparison", "evidence", "gallery", "sanity"]
+    for section in ("classification", "galleries", "annotation", "images", "comparison", "sanity", "evidence", "audit"):
         assert f'id="{section}"' in html
+    evidence = json.loads((results / "evidence_report.json").read_text())
+    assert 'src="evidence.png"' in html and 'src="evidence_examples.png"' in html and 'src="audit.png"' in html
+    assert "drop, lesion removed" in html and html.count(">yes</td>") + html.count(">no</td>") >= len(
+        [r for r in evidence["records"] if r["relies_on_lesion"] is not None]
+    )
     annotation = json.loads((results / "annotation_report.json").read_text())
     assert html.count("<tr data-class=") == len(annotation["records"]) + len(annotation["failed"])
     sha = json.loads((results / "comparison_report.json").read_text())["checkpoint"]["sha256"]

@@ -19,6 +19,7 @@ from btxrd_cam import __version__
 from btxrd_cam.errors import UsageError, one_line
 from btxrd_cam.outputs import (
     ANNOTATION_REPORT,
+    AUDIT_REPORT,
     COMPARISON_REPORT,
     EVIDENCE_REPORT,
     GALLERY_REPORT,
@@ -37,6 +38,7 @@ REPORT_FILES = {
     "comparison": COMPARISON_REPORT,
     "sanity": SANITY_REPORT,
     "evidence": EVIDENCE_REPORT,
+    "audit": AUDIT_REPORT,
 }
 COMMANDS = {
     "gallery": "gallery",
@@ -44,6 +46,7 @@ COMMANDS = {
     "comparison": "compare",
     "sanity": "sanity",
     "evidence": "evidence",
+    "audit": "audit",
 }
 MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 TABLE_METRICS = ("iou", "dice", "pointing_game", "pxap")
