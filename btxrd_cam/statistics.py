@@ -134,23 +134,37 @@ def breakdowns(records: list[dict], summarise, lesion_area) -> dict:
     }
 
 
-def _macro_auc_by_ranks(labels: np.ndarray, probs: np.ndarray, classes: int) -> np.ndarray:
-    """Macro one-vs-rest AUC of rows of resampled images: labels int [B, N], probs float [B, N, C] → float [B]
-    (NaN where a resample lacks a class). The Mann–Whitney form with average ranks for ties: scikit-learn's AUC."""
-    from scipy.stats import rankdata
-
+def macro_auc_weighted(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Macro one-vs-rest AUC of images counted `weights` times — one AUC per row of weights (float [B, N]; a
+    bootstrap resample is the count of each image's draws), NaN where a row lacks a class. labels: int [N] in
+    0..C-1; probs: float [N, C]. The Mann–Whitney form with ties counted half, i.e. scikit-learn's AUC, computed
+    from one sort per class: O(B·N), no per-resample sort."""
+    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     aucs = []
-    for c in range(classes):
-        positive = labels == c
-        n_pos = positive.sum(axis=1)
-        n_neg = labels.shape[1] - n_pos
-        ranks = rankdata(probs[:, :, c], axis=1)
-        rank_sum = np.where(positive, ranks, 0.0).sum(axis=1)
+    for c in range(probs.shape[1]):
+        order = np.argsort(probs[:, c], kind="stable")
+        scores = probs[order, c]
+        positive = labels[order] == c
+        w = weights[:, order]
+        w_pos, w_neg = w * positive, w * ~positive
+        starts = np.r_[0, np.flatnonzero(np.diff(scores)) + 1]  # groups of tied scores
+        group = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, scores.size]))
+        neg_in_group = np.add.reduceat(w_neg, starts, axis=1)
+        neg_before = np.cumsum(neg_in_group, axis=1) - neg_in_group
+        below = neg_before[:, group] + 0.5 * neg_in_group[:, group]  # negatives scored below each image
+        n_pos, n_neg = w_pos.sum(axis=1), w_neg.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            aucs.append((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+            aucs.append((w_pos * below).sum(axis=1) / (n_pos * n_neg))
     stacked = np.stack(aucs)
-    stacked[:, (stacked != stacked).any(axis=0)] = np.nan
-    return stacked.mean(axis=0)
+    return np.where(np.isfinite(stacked).all(axis=0), stacked.mean(axis=0), np.nan)
+
+
+def bootstrap_counts(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """int [resamples, n]: how many times each image is drawn in each bootstrap resample (the resamples of
+    `bootstrap_indices`, as counts)."""
+    index = bootstrap_indices(n, resamples, seed)
+    flat = (index + (np.arange(resamples) * n)[:, None]).ravel()
+    return np.bincount(flat, minlength=resamples * n).reshape(resamples, n)
 
 
 def cue_auc(features: np.ndarray, labels: np.ndarray, seed: int = BOOTSTRAP_SEED, folds: int = 5) -> dict:
@@ -177,8 +191,7 @@ def cue_auc(features: np.ndarray, labels: np.ndarray, seed: int = BOOTSTRAP_SEED
         auc = float(roc_auc_score(remapped, probs[:, 1]))
     else:
         auc = float(roc_auc_score(remapped, probs, multi_class="ovr", average="macro"))
-    index = bootstrap_indices(len(labels), seed=seed)
     # (with two classes, both one-vs-rest halves are the binary AUC, so their mean is too)
-    resampled = _macro_auc_by_ranks(remapped[index], probs[index], len(classes))
+    resampled = macro_auc_weighted(remapped, probs, bootstrap_counts(len(labels), seed=seed))
     low, high = np.nanpercentile(resampled, [2.5, 97.5])
     return {"auc": auc, "ci95": [float(low), float(high)], "folds": folds}

@@ -14,7 +14,7 @@ from btxrd_cam.commands.audit import run_audit
 from btxrd_cam.data import DATASET_COLUMNS, decode_image, image_size
 from btxrd_cam.errors import InputError
 from btxrd_cam.settings import AuditSettings, build_settings
-from btxrd_cam.statistics import _macro_auc_by_ranks, cue_auc
+from btxrd_cam.statistics import bootstrap_counts, bootstrap_indices, cue_auc, macro_auc_weighted
 
 CLASSES = ("Normal", "Benign", "Malignant")
 
@@ -57,8 +57,14 @@ def test_the_rank_auc_is_scikit_learns():
     probs = rng.dirichlet([1, 1, 1], 200)
     probs[:40] = np.round(probs[:40], 1)  # ties
     probs /= probs.sum(axis=1, keepdims=True)
-    mine = _macro_auc_by_ranks(labels[None], probs[None], 3)[0]
+    mine = macro_auc_weighted(labels, probs, np.ones(200))[0]
     assert mine == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr", average="macro"), abs=1e-12)
+    # a resample counted by weights is the resample itself
+    index, counts = bootstrap_indices(200, 3, seed=4), bootstrap_counts(200, 3, seed=4)
+    for row in range(3):
+        drawn = labels[index[row]], probs[index[row]]
+        expected = roc_auc_score(*drawn, multi_class="ovr", average="macro")
+        assert macro_auc_weighted(labels, probs, counts[row])[0] == pytest.approx(expected, abs=1e-12)
 
 
 def test_a_cue_that_decides_the_class_scores_one_and_noise_a_half():
