@@ -27,7 +27,7 @@ import numpy as np
 
 from btxrd_cam.data import ImageItem
 from btxrd_cam.errors import one_line
-from btxrd_cam.outputs import CACHE_FOLDER, write_atomic
+from btxrd_cam.outputs import write_atomic
 
 CACHE_VERSION = 1
 
@@ -47,10 +47,10 @@ class CachedImage:
 
 
 class ExplanationCache:
-    """Entries under `<out>/.cache/`, one file per image and context (see the module docstring)."""
+    """Entries under `folder` (`<out>/.cache/`), one file per image and context (see the module docstring)."""
 
-    def __init__(self, out: Path, context: dict, warn=None) -> None:
-        self.folder = Path(out) / CACHE_FOLDER
+    def __init__(self, folder: Path, context: dict, warn=None) -> None:
+        self.folder = Path(folder)
         self.context = {"version": CACHE_VERSION, **context}
         self.warn = warn or (lambda message: None)
         self.hits = 0

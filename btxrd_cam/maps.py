@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from pytorch_grad_cam.utils.image import scale_cam_image
 
 BASELINES = ("uniform", "centre", "edges")
 EDGE_SIGMA = 0.02  # Gaussian smoothing of the edge map, as a fraction of the image's long side
@@ -26,6 +25,8 @@ EDGE_SIGMA = 0.02  # Gaussian smoothing of the edge map, as a fraction of the im
 def upsample_cam(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Raw CAM float [h, w] → float32 [H, W] in [0, 1] at `size` = (H, W), exactly as pytorch-grad-cam scales its
     maps (min–max normalise, bilinear resize, clamp at 0, min–max normalise again). A constant map becomes 0."""
+    from pytorch_grad_cam.utils.image import scale_cam_image  # imported when needed: audit and report draw without it
+
     height, width = size
     grid = scale_cam_image(cam[None].astype(np.float32))[0]  # the library's normalisation, on the small grid
     full = cv2.resize(grid, (width, height))  # bilinear, as scale_cam_image resizes

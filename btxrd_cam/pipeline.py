@@ -19,6 +19,7 @@ from btxrd_cam.engine import LIBRARY_PATH, CamConfig, Engine, Explanation
 from btxrd_cam.errors import UsageError, per_image, raise_if_interrupted
 from btxrd_cam.labelme import DEFAULT_REGION, rasterize_annotation
 from btxrd_cam.layers import auto_layers, get_layer
+from btxrd_cam.outputs import CACHE_FOLDER, OutputFolder
 from btxrd_cam.settings import ModelSettings, SplitSettings
 
 T = TypeVar("T")
@@ -259,7 +260,8 @@ def open_cache(settings, engine: Engine) -> ExplanationCache | None:
         "aug_smooth": engine.aug_smooth,
         "eigen_smooth": engine.eigen_smooth,
     }
-    return ExplanationCache(settings.out, context, warn=lambda message: warn(message, settings.quiet))
+    folder = OutputFolder(settings.out).path(CACHE_FOLDER)
+    return ExplanationCache(folder, context, warn=lambda message: warn(message, settings.quiet))
 
 
 def image_context(item: ImageItem, orig_size: tuple[int, int] | None) -> dict:

@@ -234,6 +234,7 @@ class SplitSettings(BaseModel):
 
 class OutputSettings(BaseModel):
     out: Path = Path("results/gradcam")
+    force_out: bool = False  # write even where --out is inside the data (never over an input file)
 
     @field_validator("out")
     @classmethod

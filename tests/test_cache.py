@@ -25,7 +25,7 @@ def _items(project):
 
 def _cache(folder, warnings=None, **context):
     warn = warnings.append if warnings is not None else None
-    return ExplanationCache(folder, {"checkpoint_sha256": "x", **context}, warn=warn)
+    return ExplanationCache(folder / ".cache", {"checkpoint_sha256": "x", **context}, warn=warn)
 
 
 def _engine(project):
@@ -97,10 +97,11 @@ def test_corrupt_truncated_and_foreign_entries_are_recomputed_never_trusted(tiny
 def test_outputs_are_byte_identical_with_and_without_the_cache(tiny_project):
     settings = project_settings(AnnotateSettings, tiny_project)
     first = run_annotate(settings).text
-    overlays = {p.name: p.read_bytes() for p in (tiny_project / "out/images").iterdir()}
+    overlays = {p.name: p.read_bytes() for p in (tiny_project / "out/images/annotate-iou").iterdir()}
     assert (tiny_project / "out/.cache").is_dir()
     second = run_annotate(settings).text  # from the cache
-    assert second == first and {p.name: p.read_bytes() for p in (tiny_project / "out/images").iterdir()} == overlays
+    folder = tiny_project / "out/images/annotate-iou"
+    assert second == first and {p.name: p.read_bytes() for p in folder.iterdir()} == overlays
     threshold = run_annotate(project_settings(AnnotateSettings, tiny_project, threshold="0.3"))
     uncached = run_annotate(project_settings(AnnotateSettings, tiny_project, threshold="0.3", no_cache=True))
     assert threshold.text == uncached.text

@@ -50,7 +50,7 @@ def test_annotation_adds_metrics_and_target_class_name(tiny_ckpt, tmp_path):
         _settings(
             tiny_ckpt,
             [tmp_path / "x.jpg"],
-            tmp_path,
+            tmp_path / "out",
             annotation=annotation,
             target="Malignant",
             threshold="0.25",
@@ -122,7 +122,7 @@ def test_fast_decode_overlay_is_still_at_the_original_size(tiny_ckpt, tmp_path):
 
 def test_every_record_has_the_same_keys(tiny_ckpt, tmp_path):
     cv2.imwrite(str(tmp_path / "ok.png"), np.full((30, 30), 90, np.uint8))
-    records = run_explain(_settings(tiny_ckpt, [tmp_path / "ok.png", tmp_path / "missing.png"], tmp_path)).records
+    records = run_explain(_settings(tiny_ckpt, [tmp_path / "ok.png", tmp_path / "missing.png"], tmp_path / "o")).records
     assert records[0].keys() == records[1].keys() and records[0]["error"] == "no such file or directory"
 
 

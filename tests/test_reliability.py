@@ -168,7 +168,7 @@ def test_an_interrupted_run_exits_cleanly_and_leaves_the_earlier_report(tiny_pro
     assert stderr == f"btxrd-cam: {word}\n" and stdout == ""
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before  # no partial or temporary file; the earlier report and figures byte-identical
-    for overlay in (out / "images").iterdir():  # overlays written as the run went: each one whole
+    for overlay in (out / "images/annotate-iou").iterdir():  # overlays written as the run went: each one whole
         assert overlay.suffix == ".jpg" and overlay.read_bytes().endswith(b"\xff\xd9"), overlay.name
 
 

@@ -119,7 +119,7 @@ def test_a_malformed_or_newer_report_becomes_a_note_and_the_rest_renders(results
 def _hostile_folder(folder, count: int):
     """An annotate-iou report of `count` records (one of them named like a script) and their overlays."""
     folder.mkdir(parents=True)
-    (folder / "images").mkdir()
+    (folder / "images/annotate-iou").mkdir(parents=True)
     ok, thumbnail = cv2.imencode(".jpg", np.full((48, 64, 3), 120, np.uint8))
     rng = np.random.default_rng(0)
     classes = ["Benign", "Malignant", f"Ben{HOSTILE}"]
@@ -135,7 +135,7 @@ def _hostile_folder(folder, count: int):
             "pointing_game": bool(rng.random() < 0.3), "energy_pointing_game": 0.1, "pxap": float(rng.random()),
             "cam_area": 0.1, "mask_area": 0.05, "error": None,
         })  # fmt: skip
-        (folder / "images" / overlay_name(image_id)).write_bytes(thumbnail.tobytes())
+        (folder / "images/annotate-iou" / overlay_name(image_id)).write_bytes(thumbnail.tobytes())
     failed = [{**records[0], "image_id": "IMG_bad", "iou": None, "pxap": None, "dice": None,
                "pointing_game": None, "error": f"IMG_bad.json: malformed JSON {HOSTILE}"}]  # fmt: skip
     describe = {"count": count, "mean": 0.5, "median": 0.5, "std": 0.1, "iqr": 0.2, "min": 0.0, "max": 1.0}

@@ -18,7 +18,7 @@ from btxrd_cam.errors import UsageError
 from btxrd_cam.labelme import DEFAULT_REGION, rasterize_annotation, read_labelme
 from btxrd_cam.maps import upsample_cam
 from btxrd_cam.metrics import SWEEP_THRESHOLDS
-from btxrd_cam.outputs import ANNOTATION_REPORT, OVERLAY_FOLDER, OVERLAY_LONG_SIDE
+from btxrd_cam.outputs import ANNOTATION_REPORT, OVERLAY_LONG_SIDE, output_folder, overlay_folder
 from btxrd_cam.pipeline import (
     annotated,
     checkpoint_info,
@@ -186,14 +186,14 @@ def _figure_rows(scored: list[Scored], top: int, quiet: bool, region: str) -> li
 
 
 def run_annotate(settings: AnnotateSettings) -> AnnotateOutcome:
+    outputs = output_folder(settings)
     engine = open_engine(settings)
     names = engine.class_names
     items = load_split(settings, names)
-    settings.out.mkdir(parents=True, exist_ok=True)
     tuned = tune_threshold(engine, settings) if settings.threshold == "tune" else None
     threshold = tuned["value"] if tuned else settings.threshold
     to_score = annotated(items)  # none: an empty but valid report, and `empty` for the caller's exit code
-    overlays = settings.out / OVERLAY_FOLDER if settings.images else None
+    overlays = outputs.path(overlay_folder("annotate-iou")) if settings.images else None
     scored = score_items(engine, to_score, settings, threshold, "scoring", overlays, open_cache(settings, engine))
     failed = [s.record for s in scored if s.record["error"] is not None]
     evaluated = [s for s in scored if s.record["error"] is None and _selected(s.record, settings.select)]
@@ -234,12 +234,12 @@ def run_annotate(settings: AnnotateSettings) -> AnnotateOutcome:
         "records": records,
         "failed": failed,
     }
-    text = write_report(report, settings.out / ANNOTATION_REPORT)
+    text = write_report(report, outputs.path(ANNOTATION_REPORT))
     if to_score:
         comparison_figure(
-            _figure_rows(evaluated, settings.top, settings.quiet, settings.region), settings.out / FIGURE_NAME
+            _figure_rows(evaluated, settings.top, settings.quiet, settings.region), outputs.path(FIGURE_NAME)
         )
-        annotation_metrics_figure(report, settings.out / METRICS_FIGURE_NAME)
+        annotation_metrics_figure(report, outputs.path(METRICS_FIGURE_NAME))
     show(
         summary_table(f"CAM vs annotation ({len(records)} images)", report["summary"], METRICS),
         settings.quiet,

@@ -24,9 +24,8 @@ from btxrd_cam.console import show, warn
 from btxrd_cam.data import SUBSETS, ImageItem, image_size, manifest_path, read_metadata, split_items
 from btxrd_cam.errors import UsageError, per_image
 from btxrd_cam.labelme import OUTLINE_SHAPES, rasterize_annotation, read_labelme
-from btxrd_cam.outputs import AUDIT_REPORT
+from btxrd_cam.outputs import AUDIT_REPORT, output_folder
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
-from btxrd_cam.scoring import scoring_size
 from btxrd_cam.settings import AuditSettings
 from btxrd_cam.statistics import cue_auc, describe
 
@@ -122,7 +121,9 @@ def read_image(item: ImageItem, subset: str, region: str) -> AuditedImage:
         audited.rectangles = sum(kind == "rectangle" for kind in kinds)
         audited.labels = tuple(sorted({str(s.get("label") or "").strip().lower() for s in shapes}))
         if audited.size is not None:
-            draw = scoring_size(audited.size, AREA_RESOLUTION, 0)
+            height, width = audited.size
+            scale = min(1.0, AREA_RESOLUTION / max(height, width))
+            draw = (max(1, round(height * scale)), max(1, round(width * scale)))
             mask = rasterize_annotation(data, *audited.size, path=item.annotation, draw_size=draw, region=region).mask
             audited.lesion_area = float(mask.mean())
 
@@ -256,6 +257,7 @@ def cue_warnings(found: dict) -> list[str]:
 def run_audit(settings: AuditSettings) -> tuple[dict, str, int]:
     from btxrd_cam.render import audit_figure
 
+    outputs = output_folder(settings)
     subsets, notes = split_membership(settings)
     for note in notes:
         warn(note, settings.quiet)
@@ -302,9 +304,8 @@ def run_audit(settings: AuditSettings) -> tuple[dict, str, int]:
         "notes": notes,
         "failed": failed,
     }
-    settings.out.mkdir(parents=True, exist_ok=True)
-    text = write_report(report, settings.out / AUDIT_REPORT)
-    audit_figure(report, everything, settings.out / FIGURE_NAME)
+    text = write_report(report, outputs.path(AUDIT_REPORT))
+    audit_figure(report, everything, outputs.path(FIGURE_NAME))
     show(audit_tables(report), settings.quiet)
     for message in messages:
         warn(message, settings.quiet)

@@ -20,7 +20,7 @@ from btxrd_cam.errors import UsageError
 from btxrd_cam.labelme import rasterize_annotation, read_labelme
 from btxrd_cam.maps import baseline_map, upsample_cam
 from btxrd_cam.metrics import SWEEP_THRESHOLDS
-from btxrd_cam.outputs import COMPARISON_REPORT, OVERLAY_FOLDER, OVERLAY_LONG_SIDE
+from btxrd_cam.outputs import COMPARISON_REPORT, OVERLAY_LONG_SIDE, output_folder, overlay_folder
 from btxrd_cam.pipeline import (
     annotated,
     checkpoint_info,
@@ -232,6 +232,7 @@ def _grid_rows(scored: list[Scored], columns: list[str], settings: CompareSettin
 
 
 def run_compare(settings: CompareSettings) -> CompareOutcome:
+    outputs = output_folder(settings)
     checkpoint = open_checkpoint(settings)
     layers = "auto" if settings.layers == "auto" else settings.layers
     configs, notes = resolve_configurations(settings.methods, layers, checkpoint)
@@ -242,13 +243,12 @@ def run_compare(settings: CompareSettings) -> CompareOutcome:
     for note in notes + more_notes:
         warn(note, settings.quiet)
     items = load_split(settings, engine.class_names)
-    settings.out.mkdir(parents=True, exist_ok=True)
     if settings.threshold == "tune":
         thresholds, tuning = tune_thresholds(engine, settings, names)
     else:
         thresholds, tuning = dict.fromkeys(names, settings.threshold), None
     to_score = annotated(items)
-    overlay = (settings.out / OVERLAY_FOLDER, reference) if settings.images else None
+    overlay = (outputs.path(overlay_folder("compare", reference)), reference) if settings.images else None
     scored = explain_and_score(
         engine,
         to_score,
@@ -306,12 +306,12 @@ def run_compare(settings: CompareSettings) -> CompareOutcome:
         "records": records,
         "failed": failed,
     }
-    text = write_report(report, settings.out / COMPARISON_REPORT)
+    text = write_report(report, outputs.path(COMPARISON_REPORT))
     if to_score:
-        forest_plot(report, FOREST_METRICS, settings.out / FOREST_NAME)
+        forest_plot(report, FOREST_METRICS, outputs.path(FOREST_NAME))
         cams = [n for n in ranking if n != reference and n not in settings.baselines][:GRID_CONFIGURATIONS]
         columns = [reference, *cams] + (["centre"] if "centre" in names and reference != "centre" else [])
         rows = _grid_rows(evaluated, columns, settings, engine.checkpoint.image_size)
-        comparison_grid(rows, columns, settings.out / GRID_NAME)
+        comparison_grid(rows, columns, outputs.path(GRID_NAME))
     show(comparison_table(report, settings.rank_by), settings.quiet)
     return CompareOutcome(report, text, len(failed), empty=not to_score)

@@ -36,7 +36,7 @@ from btxrd_cam.faithfulness import body_mask, dilate, fill_region, place_control
 from btxrd_cam.labelme import rasterize_annotation, read_labelme
 from btxrd_cam.maps import upsample_cam
 from btxrd_cam.metrics import pointing_game
-from btxrd_cam.outputs import EVIDENCE_REPORT
+from btxrd_cam.outputs import EVIDENCE_REPORT, output_folder
 from btxrd_cam.pipeline import (
     annotated,
     checkpoint_info,
@@ -444,6 +444,7 @@ def examine_items(
 def run_evidence(settings: EvidenceSettings) -> EvidenceOutcome:
     from btxrd_cam.render import evidence_examples, evidence_figure
 
+    outputs = output_folder(settings)
     checkpoint = open_checkpoint(settings)
     methods = settings.methods or [settings.method]
     configs, notes = resolve_configurations(methods, settings.layers or [checkpoint.target_layer_name], checkpoint)
@@ -455,7 +456,6 @@ def run_evidence(settings: EvidenceSettings) -> EvidenceOutcome:
     for note in notes + more:
         warn(note, settings.quiet)
     items = load_split(settings, engine.class_names)
-    settings.out.mkdir(parents=True, exist_ok=True)
     to_examine = annotated(items)
     examples = _Examples(settings.top, reference, checkpoint.mean, checkpoint.std)
     records = examine_items(engine, to_examine, settings, names, examples, open_cache(settings, engine))
@@ -499,10 +499,10 @@ def run_evidence(settings: EvidenceSettings) -> EvidenceOutcome:
         "records": evaluated,
         "failed": failed,
     }
-    text = write_report(report, settings.out / EVIDENCE_REPORT)
+    text = write_report(report, outputs.path(EVIDENCE_REPORT))
     if to_examine:
-        evidence_figure(report, names, settings.out / FIGURE_NAME)
-        evidence_examples(examples.rows(), settings.out / EXAMPLES_NAME)
+        evidence_figure(report, names, outputs.path(FIGURE_NAME))
+        evidence_examples(examples.rows(), outputs.path(EXAMPLES_NAME))
     if report["verdict"]:
         show(f"[bold]evidence:[/] {report['verdict']}", settings.quiet)
     return EvidenceOutcome(report, text, len(failed), empty=not to_examine)

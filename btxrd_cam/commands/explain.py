@@ -14,7 +14,7 @@ from btxrd_cam.data import find_images
 from btxrd_cam.engine import Engine, Explanation
 from btxrd_cam.errors import per_image
 from btxrd_cam.maps import upsample_cam
-from btxrd_cam.outputs import write_atomic
+from btxrd_cam.outputs import OutputFolder, output_folder, safe_name, write_atomic
 from btxrd_cam.pipeline import explain_items, open_engine
 from btxrd_cam.render import captioned, draw_outline, overlay, save_png
 from btxrd_cam.reports import emit, to_json
@@ -43,16 +43,27 @@ def common_folder(paths: list[Path]) -> Path | None:
     return Path(os.path.commonpath(folders)) if folders else None
 
 
-def output_base(out: Path, image: Path, common: Path | None) -> Path:
-    """Where an image's outputs go, without their `_cam.png` / `_cam.npy` ending: `<out>/<stem>` for images in one
-    folder, and below `<out>` the folders the images sit in relative to the folder that holds them all otherwise —
-    so `a/x.png` and `b/x.png` give `<out>/a/x_cam.png` and `<out>/b/x_cam.png`, never one over the other."""
-    image = Path(image)
-    relative = image.resolve().parent.relative_to(common) if common is not None else Path()
-    return out / relative / image.stem
+def output_names(images: list[Path], common: Path | None) -> dict[Path, tuple[str, ...]]:
+    """Where each image's outputs go, below `--out`, without their `_cam.png` / `_cam.npy` ending: the folders the
+    image sits in relative to the folder that holds them all (so `a/x.png` and `b/x.png` give `a/x_cam.png` and
+    `b/x_cam.png`), then its stem as a safe file name (`..png`'s stem `.` becomes a safe name, never a path). Images
+    that would still share a name — `x.png` and `x.jpg` in one folder — are named by their whole file name instead
+    (`x.png_cam.png`, `x.jpg_cam.png`), whatever order they come in."""
+
+    def folder(image: Path) -> tuple[str, ...]:
+        return image.resolve().parent.relative_to(common).parts if common is not None else ()
+
+    taken: dict[tuple, list[Path]] = {}
+    for image in images:
+        taken.setdefault((*folder(image), safe_name(image.stem)), []).append(image)
+    names = {}
+    for key, group in taken.items():
+        for image in group:
+            names[image] = key if len(group) == 1 else (*key[:-1], safe_name(image.name))
+    return names
 
 
-def _record(result: Explanation, engine: Engine, settings: ExplainSettings, common: Path | None) -> dict:
+def _record(result: Explanation, engine: Engine, settings: ExplainSettings, outputs: OutputFolder, files) -> dict:
     names = engine.class_names
     record = _blank_record(result.item.image_id, str(result.item.path), settings.method, result.error)
     record.update(source=result.source, warnings=list(result.warnings))
@@ -91,13 +102,13 @@ def _record(result: Explanation, engine: Engine, settings: ExplainSettings, comm
             shown = draw_outline(shown, annotation.mask)
         del cam
         caption = f"pred {done['pred']} ({done['confidence']:.2f})  target {done['target']}  {settings.method}"
-        base = output_base(settings.out, result.item.path, common)
-        done["overlay"] = str(save_png(base.with_name(base.name + "_cam.png"), captioned(shown, caption)))
+        *folders, stem = files[result.item.path]
+        done["overlay"] = str(save_png(outputs.path(*folders, f"{stem}_cam.png"), captioned(shown, caption)))
         if settings.save_heatmap:
             size = engine.checkpoint.image_size
             buffer = io.BytesIO()
             np.save(buffer, upsample_cam(result.cam, (size, size)).astype(np.float32))
-            done["heatmap"] = str(write_atomic(base.with_name(base.name + "_cam.npy"), buffer.getvalue()))
+            done["heatmap"] = str(write_atomic(outputs.path(*folders, f"{stem}_cam.npy"), buffer.getvalue()))
         return done
 
     return per_image(
@@ -106,16 +117,16 @@ def _record(result: Explanation, engine: Engine, settings: ExplainSettings, comm
 
 
 def run_explain(settings: ExplainSettings) -> ExplainOutcome:
-    engine = open_engine(settings)
     items, failures = find_images(settings.inputs)
-    common = common_folder([item.path for item in items])
-    settings.out.mkdir(parents=True, exist_ok=True)
+    outputs = output_folder(settings, inputs=[item.path for item in items])
+    engine = open_engine(settings)
+    names = output_names([item.path for item in items], common_folder([item.path for item in items]))
     records = [_blank_record(text, text, settings.method, reason) for text, reason in failures]
     for record in records:
         emit(to_json(record, indent=None), None)
 
     def each(result: Explanation) -> dict:
-        record = _record(result, engine, settings, common)
+        record = _record(result, engine, settings, outputs, names)
         result.pixels = None  # the decoded original was kept for this overlay only
         emit(to_json(record, indent=None), None)
         return record

@@ -14,8 +14,15 @@ from btxrd_cam.data import load_image
 from btxrd_cam.engine import Explanation
 from btxrd_cam.errors import UsageError, per_image
 from btxrd_cam.labelme import rasterize_annotation
-from btxrd_cam.outputs import GALLERY_REPORT
-from btxrd_cam.pipeline import checkpoint_info, explain_items, failure_record, load_split, open_cache, open_engine
+from btxrd_cam.outputs import GALLERY_REPORT, output_folder, safe_name
+from btxrd_cam.pipeline import (
+    checkpoint_info,
+    explain_items,
+    failure_record,
+    load_split,
+    open_cache,
+    open_engine,
+)
 from btxrd_cam.render import Cell, gallery_figure, thumbnail_overlay
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
 from btxrd_cam.settings import GallerySettings
@@ -67,12 +74,12 @@ def _thumbnail(result: Explanation, quiet: bool, region: str) -> np.ndarray | No
 
 
 def run_gallery(settings: GallerySettings) -> GalleryOutcome:
+    outputs = output_folder(settings)
     engine = open_engine(settings)
     names = engine.class_names
     items = load_split(settings, names)
     if not items:
         raise UsageError(f"--split: the {settings.split}/{settings.subset} split has no images")
-    settings.out.mkdir(parents=True, exist_ok=True)
     cache = open_cache(settings, engine)
     results = explain_items(
         engine, items, target=settings.target, quiet=settings.quiet, description="explaining", cache=cache
@@ -90,7 +97,7 @@ def run_gallery(settings: GallerySettings) -> GalleryOutcome:
     classes = {}
     for c, name in enumerate(names):
         chosen, counts = select_examples(labels, preds, probs, ids, c, settings.k)
-        filename = f"gallery_{name}.{settings.format}"
+        filename = f"gallery_{safe_name(name)}.{settings.format}"  # a class name is no path
         rows, selected = {}, {}
         for category in CATEGORIES:
             cells, entries = [], []
@@ -119,7 +126,7 @@ def run_gallery(settings: GallerySettings) -> GalleryOutcome:
             f"{name} — {settings.split}/{settings.subset} — {settings.method} — {engine.checkpoint.name}\n"
             f"TP {counts['TP']} · FP {counts['FP']} · FN {counts['FN']}"
         )
-        gallery_figure(rows, settings.k, title, settings.out / filename)
+        gallery_figure(rows, settings.k, title, outputs.path(filename))
         classes[name] = {"file": filename, "counts": counts, "selected": selected}
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -141,5 +148,5 @@ def run_gallery(settings: GallerySettings) -> GalleryOutcome:
         "classes": classes,
         "failed": failed,
     }
-    text = write_report(report, settings.out / GALLERY_REPORT)
+    text = write_report(report, outputs.path(GALLERY_REPORT))
     return GalleryOutcome(report, text, len(failed))

@@ -24,8 +24,8 @@ from btxrd_cam.outputs import (
     EVIDENCE_REPORT,
     GALLERY_REPORT,
     HTML_REPORT,
-    OVERLAY_FOLDER,
     SANITY_REPORT,
+    overlay_folder,
     overlay_name,
     write_atomic,
 )
@@ -127,15 +127,29 @@ def read_reports(folder: Path) -> tuple[dict[str, dict], list[str]]:
 
 
 class _Links:
-    """Where the page finds a file of the results folder: a path relative to the page, or a data: URI."""
+    """Where the page finds a file of the results folder: a path relative to the page, or a data: URI. Only files
+    that lie under the results folder once symlinks are resolved are linked or embedded: a name from a report that
+    points elsewhere (an absolute path, `../`, a symlink out of the folder) becomes a note, never a link — a page
+    meant to be sent must not carry a local file (`/proc/self/environ`, a key) that happened to be named."""
 
     def __init__(self, folder: Path, page: Path, embed: bool) -> None:
         self.folder, self.page_dir, self.embed = folder, page.parent, embed
+        self.root = folder.resolve()
+        self.notes: list[str] = []
 
     def __call__(self, name: str | None) -> str | None:
-        if not name:
+        if not name or not isinstance(name, str):
             return None
         path = self.folder / name
+        try:
+            inside = path.resolve().is_relative_to(self.root)
+        except (OSError, RuntimeError, ValueError):  # a symlink loop, a name with a NUL
+            inside = False
+        if not inside:
+            note = f"{one_line(name, 80)}: lies outside the results folder: not linked"
+            if note not in self.notes:
+                self.notes.append(note)
+            return None
         if not path.is_file():
             return None
         if self.embed:
@@ -159,18 +173,22 @@ def _evidence_columns(reports: dict) -> dict[str, dict]:
 
 
 def _rows(reports: dict, links: _Links) -> tuple[list[dict], str | None]:
-    """The per-image table: annotate-iou's records and failures (else compare's, at its reference; else
-    evidence's), with evidence's columns where evidence examined the image."""
+    """The per-image table: annotate-iou's records and failures, with annotate-iou's overlays (else compare's, at
+    its reference, with compare's overlays; else evidence's), and evidence's columns where evidence examined the
+    image."""
     if "annotation" in reports:
         report, source = reports["annotation"], "annotate-iou"
         read = lambda r, m: r.get(m)  # noqa: E731
+        overlays = overlay_folder("annotate-iou")
     elif "comparison" in reports:
         report, source = reports["comparison"], f"compare ({reports['comparison'].get('reference')})"
         reference = report.get("reference")
         read = lambda r, m: ((r.get("metrics") or {}).get(reference) or {}).get(m)  # noqa: E731
+        overlays = overlay_folder("compare", str(reference))
     elif "evidence" in reports:
         report, source = reports["evidence"], "evidence"
         read = lambda r, m: None  # noqa: E731
+        overlays = None
     else:
         return [], None
     records = report.get("records", []) + report.get("failed", [])
@@ -190,7 +208,7 @@ def _rows(reports: dict, links: _Links) -> tuple[list[dict], str | None]:
                 "error": record.get("error"),
                 "outcome": "failed" if record.get("error") else
                 "correct" if record.get("pred") == record.get("label") else "missed",
-                "overlay": links(f"{OVERLAY_FOLDER}/{overlay_name(image_id)}"),
+                "overlay": links(f"{overlays}/{overlay_name(image_id)}") if overlays else None,
             }
         )  # fmt: skip
     rows.sort(key=lambda r: r["image_id"])
@@ -211,9 +229,19 @@ def _header(reports: dict) -> dict:
 
 
 def build_page(folder: Path, page: Path, reports: dict, notes: list[str], embed: bool) -> str:
+    """The page's HTML; a reference that cannot be linked adds its note to `notes` (the page is drawn again then,
+    so that the notes at its top list it)."""
+    links = _Links(folder, page, embed)
+    html = _render(folder, page, reports, notes, links)
+    if links.notes:
+        notes.extend(note for note in links.notes if note not in notes)
+        html = _render(folder, page, reports, notes, _Links(folder, page, embed))
+    return html
+
+
+def _render(folder: Path, page: Path, reports: dict, notes: list[str], links: _Links) -> str:
     import jinja2
 
-    links = _Links(folder, page, embed)
     rows, rows_source = _rows(reports, links)
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("btxrd_cam", "templates"),

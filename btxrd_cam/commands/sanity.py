@@ -27,8 +27,15 @@ from btxrd_cam.errors import UsageError, raise_if_interrupted
 from btxrd_cam.faithfulness import ROAD_PERCENTILES, road_combined
 from btxrd_cam.layers import get_layer, randomisation_steps
 from btxrd_cam.maps import centre_map, edges_map, noise_map, spearman, ssim, upsample_cam
-from btxrd_cam.outputs import SANITY_REPORT
-from btxrd_cam.pipeline import checkpoint_info, explain_items, failure_record, load_split, open_checkpoint, open_engine
+from btxrd_cam.outputs import SANITY_REPORT, output_folder
+from btxrd_cam.pipeline import (
+    checkpoint_info,
+    explain_items,
+    failure_record,
+    load_split,
+    open_checkpoint,
+    open_engine,
+)
 from btxrd_cam.randomisation import randomised_models
 from btxrd_cam.render import sanity_curves, sanity_maps
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
@@ -168,6 +175,7 @@ def _against(settings: SanitySettings, checkpoint: Checkpoint, layer: str) -> tu
 
 
 def run_sanity(settings: SanitySettings) -> SanityOutcome:
+    outputs = output_folder(settings)
     checkpoint = open_checkpoint(settings)
     layer = checkpoint.target_layer_name
     methods = list(dict.fromkeys(settings.methods))
@@ -180,7 +188,6 @@ def run_sanity(settings: SanitySettings) -> SanityOutcome:
     chosen, note = choose_images(items, settings.images, settings.seed)
     if note:
         warn(note, settings.quiet)
-    settings.out.mkdir(parents=True, exist_ok=True)
     results = explain_items(engine, chosen, quiet=settings.quiet, description="explaining (trained)", keep_tensors=True)
     ok = [r for r in results if r.ok]
     failed = [failure_record(r.item.image_id, r.item.path, r.error) for r in results if not r.ok]
@@ -318,8 +325,8 @@ def run_sanity(settings: SanitySettings) -> SanityOutcome:
         }
     )
     text = write_report(report, settings.out / SANITY_REPORT)
-    sanity_curves(report, settings.out / CURVES_NAME)
+    sanity_curves(report, outputs.path(CURVES_NAME))
     titles = [f"{ok[i].item.image_id} ({names_list[classes[i]]})" for i in examples]
-    sanity_maps(example_maps, ["trained", *report["steps"]], titles, settings.out / MAPS_NAME)
+    sanity_maps(example_maps, ["trained", *report["steps"]], titles, outputs.path(MAPS_NAME))
     show(sanity_table(report), settings.quiet)
     return SanityOutcome(report, text, len(failed))
