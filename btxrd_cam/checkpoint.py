@@ -78,6 +78,23 @@ def _safe_load(path: Path) -> tuple[object, str]:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_reason(exc)})") from None
 
 
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 4096
+
+
+def _image_size(value, path: Path) -> int:
+    """The checkpoint's input size: a whole number of pixels from 32 to 4096 (224 when it names none).
+    CheckpointError (exit 2) otherwise — a size of 30,000 would have the process killed for its memory."""
+    if value is None:
+        return 224
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise CheckpointError(f"{path}: config.data.image_size is not a whole number of pixels")
+    if not MIN_IMAGE_SIZE <= int(value) <= MAX_IMAGE_SIZE:
+        raise CheckpointError(
+            f"{path}: config.data.image_size is {int(value)}; btxrd-cam reads {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} px"
+        )
+    return int(value)
+
+
 def _strip_prefixes(state: dict) -> dict:
     keys = list(state)
     for prefix in ("module.", "model."):
@@ -121,7 +138,7 @@ def load_checkpoint(
         state = raw["model_state_dict"]
         arch = arch or model_cfg.get("backbone") or model_cfg.get("name")
         names = class_names or raw.get("class_names") or model_cfg.get("class_names")
-        image_size = int(data_cfg.get("image_size") or 224)
+        image_size = _image_size(data_cfg.get("image_size"), path)
         norm = raw.get("normalization") or {}
         mean = tuple(float(v) for v in norm.get("mean", IMAGENET_MEAN))
         std = tuple(float(v) for v in norm.get("std", IMAGENET_STD))

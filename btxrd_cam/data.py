@@ -70,6 +70,9 @@ SUBSETS = ("train", "val", "test")
 MAX_PIXELS = 120_000_000
 MAX_FILE_BYTES = 512 * 2**20
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# The decoders Pillow may use: the formats radiographs come in. Never EPS, PS or PDF (which Pillow hands to
+# Ghostscript, an external program), nor any other plugin a crafted file could reach by its content.
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF")
 
 
 @dataclass(frozen=True)
@@ -280,7 +283,9 @@ def find_images(inputs: list[str]) -> tuple[list[ImageItem], list[tuple[str, str
     return items, failures
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
+def _to_uint8(array: np.ndarray, notes: list[str] | None = None) -> np.ndarray:
+    """8-bit pixels of a decoded array: 16-bit scaled, floats stretched to their finite range (non-finite values —
+    NaN, ±Inf in a float TIFF — shown as the lowest value, with a note rather than a black image)."""
     if array.dtype == np.uint8:
         return array
     if array.dtype == bool:
@@ -294,6 +299,14 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
         wide //= 131070
         return wide.astype(np.uint8)
     array = array.astype(np.float64)
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(array.size - np.count_nonzero(finite))
+        if notes is not None:
+            notes.append(f"{bad} pixel value(s) are NaN or infinite: shown as the lowest value")
+        if not finite.any():
+            return np.zeros(array.shape, np.uint8)
+        array = np.where(finite, array, np.min(array, where=finite, initial=np.inf))
     lo, hi = float(array.min(initial=0)), float(array.max(initial=0))
     return ((array - lo) * (255.0 / (hi - lo or 1.0)) + 0.5).astype(np.uint8)
 
@@ -349,13 +362,17 @@ def decode_image(
         if not keep_gray:
             pixels = np.repeat(pixels[:, :, None], 3, axis=2)
         return DecodedImage(pixels, shape, info, notes)
-    pixels, shape = _decode_with_pillow(path, raw, draft_size)
+    notes: list[str] = []
+    pixels, shape = _decode_with_pillow(path, raw, draft_size, notes)
     if pixels.ndim == 2 and not keep_gray:
         pixels = np.repeat(pixels[:, :, None], 3, axis=2)
-    return DecodedImage(np.ascontiguousarray(pixels), shape)
+    return DecodedImage(np.ascontiguousarray(pixels), shape, None, notes)
 
 
-def _decode_with_pillow(path: Path, raw: bytes, draft_size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+def _decode_with_pillow(
+    path: Path, raw: bytes, draft_size: int | None, notes: list[str] | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    notes = [] if notes is None else notes
     try:
         # decoded from memory: a chunk header that claims gigabytes makes a file object allocate them up front
         # (Pillow reads a chunk by its declared length); an in-memory buffer returns only what the file holds
@@ -363,10 +380,13 @@ def _decode_with_pillow(path: Path, raw: bytes, draft_size: int | None) -> tuple
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)  # "corrupt EXIF data" and the like: orientation is optional
-            with Image.open(data) as image:
+            with Image.open(data, formats=ALLOWED_FORMATS) as image:
                 width, height = image.size
                 if width * height > MAX_PIXELS:
                     raise InputError(path, f"image too large ({width}x{height} pixels; the limit is {MAX_PIXELS:,})")
+                frames = getattr(image, "n_frames", 1)
+                if frames > 1:
+                    notes.append(f"multi-page {image.format} ({frames} pages): the first page is used")
                 orientation = image.getexif().get(0x0112, 1)
                 if orientation in (5, 6, 7, 8):
                     width, height = height, width
@@ -378,7 +398,7 @@ def _decode_with_pillow(path: Path, raw: bytes, draft_size: int | None) -> tuple
                 image = ImageOps.exif_transpose(image)
                 mode = image.mode
                 if mode in ("L", "I;16", "I;16B", "I;16L", "I", "F", "1"):
-                    pixels = _to_uint8(np.asarray(image))
+                    pixels = _to_uint8(np.asarray(image), notes)
                 elif mode == "LA":
                     pixels = np.asarray(image.convert("L"))
                 else:
@@ -388,7 +408,9 @@ def _decode_with_pillow(path: Path, raw: bytes, draft_size: int | None) -> tuple
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(path, f"image too large ({one_line(exc, 120)})") from None
     except Image.UnidentifiedImageError:
-        raise InputError(path, "not an image file Pillow can read") from None
+        raise InputError(
+            path, f"not an image in a format btxrd-cam reads ({', '.join(ALLOWED_FORMATS)}; DICOM as .dcm)"
+        ) from None
     except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
         raise InputError(path, f"unreadable image ({one_line(exc, 120)})") from None
     except Exception as exc:  # the decoder's boundary: whatever a malformed file makes a plugin raise
@@ -407,7 +429,7 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as image:  # lazy: reads the header only
+            with Image.open(path, formats=ALLOWED_FORMATS) as image:  # lazy: reads the header only
                 width, height = image.size
                 orientation = image.getexif().get(0x0112, 1)
     except Image.UnidentifiedImageError:
@@ -443,7 +465,7 @@ def fit_long_side(pixels: np.ndarray, long_side: int) -> np.ndarray:
     scale = long_side / max(height, width)
     if scale >= 1:
         return pixels
-    block = int(1 / scale)
+    block = min(int(1 / scale), min(height, width))  # a 100,000 x 10 strip: never a block wider than the image
     if block >= 2:
         pixels = cv2.resize(pixels, None, fx=1 / block, fy=1 / block, interpolation=cv2.INTER_AREA)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))

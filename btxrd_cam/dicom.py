@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import numpy as np
 from btxrd_cam.errors import InputError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
+COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
 WINDOW_MODES = ("file", "minmax", "percentile")
 PERCENTILES = (0.5, 99.5)
 INSTALL_HINT = "pip install 'btxrd-cam[dicom]' (pydicom with its decoders)"
@@ -106,25 +108,31 @@ def _display_values(ds, values: np.ndarray) -> bool:
     stretching them to their own min–max would change the image the model sees."""
     slope, intercept = _first(ds.get("RescaleSlope")), _first(ds.get("RescaleIntercept"))
     rescaled = (slope not in (None, 1.0)) or (intercept not in (None, 0.0)) or bool(ds.get("ModalityLUTSequence"))
-    bits = int(ds.get("BitsStored") or 0)
+    try:
+        bits = int(ds.get("BitsStored") or 0)
+    except (TypeError, ValueError, OverflowError):
+        return False
     return 0 < bits <= 8 and not rescaled and values.size > 0 and values.min() >= 0 and values.max() <= 255
 
 
-def _voi(ds, values: np.ndarray, mode: str, warnings_out: list[str]) -> tuple[np.ndarray, dict]:
+def _voi(ds, values: np.ndarray, mode: str, warnings_out: list[str], path: Path) -> tuple[np.ndarray, dict]:
     """The VOI step → float64 in [0, 255], and the window used (for the record)."""
     from pydicom.pixels import apply_voi
 
     if mode == "file":
         if ds.get("VOILUTSequence"):
             item = ds.VOILUTSequence[0]
-            bits = int(item.LUTDescriptor[2]) if len(item.LUTDescriptor) > 2 else 16
+            descriptor = list(item.get("LUTDescriptor") or [])
+            bits = int(descriptor[2]) if len(descriptor) > 2 and str(descriptor[2]).isdigit() else 16
+            if not 1 <= bits <= 32:
+                raise InputError(path, "the DICOM element LUTDescriptor is out of range")
             lut = apply_voi(values, ds, index=0)
             return _stretch(lut, 0, 2**bits - 1), {"source": "voi_lut", "lut_bits": bits}
         center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
         if center is not None and width is not None and width > 0:
             function = str(ds.get("VOILUTFunction") or "LINEAR").upper()
             if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
-                warnings_out.append(f"VOILUTFunction {function[:20]} is unknown: LINEAR used")
+                warnings_out.append("the file's VOILUTFunction is not LINEAR, LINEAR_EXACT or SIGMOID: LINEAR used")
                 function = "LINEAR"
             window = {"source": "file", "center": center, "width": width, "function": function}
             return window_linear(values, center, width, function), window
@@ -143,11 +151,70 @@ def _voi(ds, values: np.ndarray, mode: str, warnings_out: list[str]) -> tuple[np
     return _stretch(values, low, high), {"source": source, "low": low, "high": high}
 
 
+def element_int(ds, keyword: str, path: Path, default: int, low: int = 0, high: int = 1 << 31) -> int:
+    """A whole-number element (Rows, NumberOfFrames, …) as an int in [low, high]; InputError naming the element —
+    never quoting its value, which a crafted file may fill with anything (a patient's ID)."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(path, f"the DICOM element {keyword} is not a whole number") from None
+    if not low <= number <= high:
+        raise InputError(path, f"the DICOM element {keyword} is out of range ({low} to {high})")
+    return number
+
+
+MODALITY = re.compile(r"[A-Z]{2,4}")
+
+
+def _modality(ds) -> str | None:
+    """The Modality when it is a modality code (DX, CR, OT, …), else None: nothing else of the element is passed on."""
+    value = str(ds.get("Modality") or "").strip()
+    return value if MODALITY.fullmatch(value) else None
+
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _check_inflated_size(data: bytes, path: Path, limit: int) -> None:
+    """A deflated DICOM inflates in memory before anything else can be checked: refuse one whose data would inflate
+    beyond `limit` bytes, inflating at most that much to find out (a 1.4 MB file can hold 5.6 GB)."""
+    import zlib
+
+    from pydicom.filereader import read_file_meta_info
+
+    try:
+        meta = read_file_meta_info(io.BytesIO(data))
+    except Exception:
+        return  # no readable file meta: dcmread refuses the file with its own reason
+    if str(meta.get("TransferSyntaxUID") or "") != DEFLATED:
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(data[_meta_end(data) :], limit + 1)
+    except (zlib.error, ValueError):
+        raise InputError(path, "deflated DICOM data is corrupt") from None
+    if len(inflated) > limit:
+        raise InputError(path, f"deflated DICOM data inflates beyond {limit // 2**20} MB: refused before inflating")
+
+
+def _meta_end(data: bytes) -> int:
+    """Where the file meta group ends (after the preamble, `DICM` and the group's FileMetaInformationGroupLength)."""
+    import struct
+
+    offset = 132  # preamble and DICM
+    # (0002,0000) UL 4 <length>: explicit VR little endian, as the standard requires for the file meta
+    length = struct.unpack_from("<I", data, offset + 8)[0]
+    return offset + 12 + length
+
+
 def _decode_first_frame(ds, path: Path):
     from pydicom.pixels import pixel_array
 
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    frames = int(ds.get("NumberOfFrames") or 1)
+    frames = element_int(ds, "NumberOfFrames", path, 1, 1, 1 << 20)
     try:
         return pixel_array(ds, index=0 if frames > 1 else None), frames
     except (NotImplementedError, RuntimeError) as exc:
@@ -173,7 +240,9 @@ def _safe_reason(exc: BaseException) -> str:
     return text[:160] if any(word in text.lower() for word in allowed) and "'" not in text else type(exc).__name__
 
 
-def read_dicom(path: Path, data: bytes, window: str = "file", max_pixels: int | None = None):
+def read_dicom(
+    path: Path, data: bytes, window: str = "file", max_pixels: int | None = None, inflated_limit: int = 512 * 2**20
+):
     """Decode a DICOM radiograph. Returns (pixels uint8 [H, W], (H, W), info, warnings); InputError naming the file
     and a reason (never an element's value) for anything that is not a usable single-channel radiograph."""
     try:
@@ -186,6 +255,7 @@ def read_dicom(path: Path, data: bytes, window: str = "file", max_pixels: int | 
     notes: list[str] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom's warnings may quote element values, patients' names among them
+        _check_inflated_size(data, path, inflated_limit)
         try:
             ds = pydicom.dcmread(io.BytesIO(data), force=Path(path).suffix.lower() in DICOM_SUFFIXES)
         except Exception as exc:
@@ -193,18 +263,19 @@ def read_dicom(path: Path, data: bytes, window: str = "file", max_pixels: int | 
         if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
             if data[128:132] != b"DICM" and "SOPClassUID" not in ds:
                 raise InputError(path, "not a DICOM file (no DICM preamble, no pixel data)")
-            kind = str(ds.get("Modality") or "")[:8]
+            kind = _modality(ds)
             raise InputError(path, f"DICOM without pixel data{f' ({kind} object)' if kind else ''}: not an image")
         photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
-        samples = int(ds.get("SamplesPerPixel") or 1)
+        samples = element_int(ds, "SamplesPerPixel", path, 1, 1, 4)
         if photometric not in ("MONOCHROME1", "MONOCHROME2") or samples != 1:
-            shown = photometric[:16] or "missing"
+            shown = photometric if photometric in COLOUR else "neither MONOCHROME1 nor MONOCHROME2"
             raise InputError(
                 path,
                 f"photometric interpretation {shown} ({samples} samples per pixel) is not a grey radiograph: "
                 "refused (btxrd-cam reads MONOCHROME1/2; convert colour images to greyscale first)",
             )
-        rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        rows = element_int(ds, "Rows", path, 0, 0, 65535)
+        columns = element_int(ds, "Columns", path, 0, 0, 65535)
         if rows < 1 or columns < 1:
             raise InputError(path, "DICOM header declares no image size (Rows/Columns)")
         if max_pixels and rows * columns > max_pixels:
@@ -215,7 +286,7 @@ def read_dicom(path: Path, data: bytes, window: str = "file", max_pixels: int | 
         if frames > 1:
             notes.append(f"multi-frame DICOM ({frames} frames): the first frame is used")
         values = apply_modality_lut(stored, ds)
-        shown, window_used = _voi(ds, np.asarray(values), window, notes)
+        shown, window_used = _voi(ds, np.asarray(values), window, notes, path)
         inverse = str(ds.get("PresentationLUTShape") or "").upper() == "INVERSE"
         if (photometric == "MONOCHROME1") != inverse:
             shown = 255.0 - shown
@@ -223,9 +294,9 @@ def read_dicom(path: Path, data: bytes, window: str = "file", max_pixels: int | 
         syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
         info = {
             "format": "DICOM",
-            "modality": str(ds.get("Modality") or "")[:16] or None,
+            "modality": _modality(ds),
             "photometric_interpretation": photometric,
-            "bits_stored": int(ds.get("BitsStored") or 0) or None,
+            "bits_stored": element_int(ds, "BitsStored", path, 0, 0, 64) or None,
             "transfer_syntax": getattr(syntax, "name", None) or (str(syntax) if syntax else None),
             "frames": frames,
             "window": window_used,

@@ -60,6 +60,10 @@ SINGLE_PASS = ("gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "eige
 GRADIENT_FREE = {"eigencam"}
 EIGEN = {"eigencam", "eigengradcam"}
 LIBRARY_PATH = ("scorecam", "ablationcam")
+NON_FINITE = (
+    "the model returned NaN or infinite values for this image (check the checkpoint: a zero std in its "
+    "normalisation, or weights that are not finite)"
+)
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,12 @@ class Engine:
         # pytorch-grad-cam's method objects, used only for their channel weighting (they hook nothing here)
         with restored_mode(self.model):
             self._weightings = {c.method: METHODS[c.method](self.model, target_layers=[]) for c in self.single_pass}
+
+    def map_shapes(self) -> dict[str, tuple[int, int]]:
+        """{configuration name: (h, w)} of the raw maps this engine makes: the layer's grid for the single-pass
+        methods, the model's input for the library's own passes."""
+        size = self.checkpoint.image_size
+        return {c.name: self.grids[c.layer] if c in self.single_pass else (size, size) for c in self.configs}
 
     @property
     def method(self) -> str:
@@ -421,9 +431,10 @@ class Engine:
         """
         items = list(items)
         fixed = None if target in ("pred", "true") else self.class_index(target)
+        rule = target if fixed is None else f"class {fixed}"  # the cache keys the index, not the spelling
         names = [c.name for c in self.configs] if cams else []
         usable = cache is not None and not keep_pixels and not keep_tensors
-        held = [usable and cache.probe(item, target, names, thumbnail) for item in items]
+        held = [usable and cache.probe(item, rule, names, thumbnail) for item in items]
         computed = self._compute(
             [item for item, hit in zip(items, held, strict=True) if not hit],
             target, fixed, cams, keep_pixels, keep_tensors, thumbnail,
@@ -432,7 +443,7 @@ class Engine:
         try:
             for index, (item, hit) in enumerate(zip(items, held, strict=True)):
                 raise_if_interrupted()
-                entry = cache.load(item, target, names, thumbnail) if hit else None
+                entry = cache.load(item, rule, names, thumbnail) if hit else None
                 if entry is not None:
                     result = self._from_cache(item, entry, target, fixed, names)
                 elif hit:  # the entry changed since it was probed: compute this one image now
@@ -451,7 +462,7 @@ class Engine:
                         result.source,
                         list(result.warnings),
                     )
-                    writer.submit(cache.store, item, target, stored, thumbnail)  # fmt: skip
+                    writer.submit(cache.store, item, rule, stored, thumbnail)  # fmt: skip
                 if on_image:
                     on_image(result)
                 yield result
@@ -504,11 +515,20 @@ class Engine:
                     logits, maps = self.predict_tensors(batch), {}
                 probs = torch.softmax(logits, dim=1).cpu().numpy()
                 logits_np = logits.cpu().numpy()
+                finite = np.isfinite(logits_np).all(axis=1)
                 for j, (result, _) in enumerate(good):
+                    if not finite[j]:  # never a class: a NaN's argmax would read as class 0
+                        result.error = NON_FINITE
+                        result.model_pixels = result.thumbnail = result.tensor = result.pixels = None
+                        continue
                     result.logits, result.probs = logits_np[j], probs[j]
                     result.pred = int(np.argmax(logits_np[j]))
                     if cams:
                         result.target = result.pred if targets[j] is None else targets[j]
                         result.maps = {name: stack[j] for name, stack in maps.items()}
                         result.cam = result.maps[self.configs[0].name]
+                        if not all(np.isfinite(m).all() for m in result.maps.values()):
+                            result.error = (
+                                "the explanation came out NaN or infinite (the model's gradients are not finite)"
+                            )
             yield from results

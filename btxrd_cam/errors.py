@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -58,9 +59,13 @@ class InputError(BtxrdCamError):
 STRICT_ENV = "BTXRD_CAM_STRICT"  # set (the test suite does): unexpected exceptions inside a batch propagate
 
 
+ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+
+
 def one_line(value: object, limit: int = 200) -> str:
-    """A message on one line, at most `limit` characters."""
-    text = " ".join(str(value).split())
+    """A message on one line, at most `limit` characters, memory addresses (`<object at 0x7f…>`) blanked: they
+    differ from run to run, and reports must not."""
+    text = ADDRESS.sub("0x…", " ".join(str(value).split()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

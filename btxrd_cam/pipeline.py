@@ -250,6 +250,7 @@ def open_cache(settings, engine: Engine) -> ExplanationCache | None:
     ckpt = engine.checkpoint
     context = {
         "checkpoint_sha256": ckpt.sha256,
+        "class_names": list(ckpt.class_names),
         "image_size": ckpt.image_size,
         "mean": list(ckpt.mean),
         "std": list(ckpt.std),
@@ -261,7 +262,9 @@ def open_cache(settings, engine: Engine) -> ExplanationCache | None:
         "eigen_smooth": engine.eigen_smooth,
     }
     folder = OutputFolder(settings.out).path(CACHE_FOLDER)
-    return ExplanationCache(folder, context, warn=lambda message: warn(message, settings.quiet))
+    return ExplanationCache(
+        folder, context, warn=lambda message: warn(message, settings.quiet), shapes=engine.map_shapes()
+    )
 
 
 def image_context(item: ImageItem, orig_size: tuple[int, int] | None) -> dict:

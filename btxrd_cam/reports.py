@@ -52,8 +52,12 @@ def to_json(value, indent: int | None = 2) -> str:
 
 
 def write_report(report: BaseModel | dict, path: Path) -> str:
-    """Write a JSON report atomically and return its text (the CLI prints the same text to stdout)."""
+    """Write a JSON report atomically and return its text (the CLI prints the same text to stdout). The report is
+    first checked against its command's model (schemas.py), the one `btxrd-cam report` reads it with."""
+    from btxrd_cam.schemas import validated
+
     text = to_json(report)
+    validated(json.loads(text), json.loads(text)["command"])
     write_atomic(path, text)
     return text
 
@@ -89,8 +93,19 @@ def format_records(records: list[dict], fmt: str, class_names: list[str]) -> str
         row = {k: v for k, v in record.items() if k != "probs"}
         for name in class_names:
             row[f"p_{name}"] = (record.get("probs") or {}).get(name)
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        writer.writerow({k: "" if v is None else _csv_cell(v) for k, v in row.items()})
     return buffer.getvalue()
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value):
+    """A text cell that a spreadsheet would run as a formula (`=HYPERLINK(…)`, `+`, `-`, `@`, a tab or carriage
+    return first) gets a leading apostrophe, as OWASP recommends; numbers pass as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
 
 
 def emit(text: str, output: Path | None) -> None:

@@ -12,9 +12,8 @@ import numpy as np
 from btxrd_cam.console import metrics_table, show
 from btxrd_cam.data import find_images
 from btxrd_cam.metrics import classification_metrics
-from btxrd_cam.outputs import write_atomic
 from btxrd_cam.pipeline import checkpoint_info, explain_items, load_split, open_engine
-from btxrd_cam.reports import SCHEMA_VERSION, emit, format_records, prediction_record, to_json
+from btxrd_cam.reports import SCHEMA_VERSION, emit, format_records, prediction_record, write_report
 from btxrd_cam.settings import InferSettings
 
 
@@ -77,6 +76,6 @@ def run_infer(settings: InferSettings) -> InferOutcome:
             # the same keys as the metrics of stdout's table, plus what the HTML report needs to recognise the file
             saved = {"schema_version": SCHEMA_VERSION, "command": "infer", "checkpoint": checkpoint_info(engine)}
             saved["settings"] = {"split": settings.split, "subset": settings.subset, "inputs": settings.inputs}
-            write_atomic(settings.metrics, to_json({**saved, **metrics}))
+            write_report({**saved, **metrics}, settings.metrics)  # checked against the model report reads it with
     emit(format_records(records, settings.format, names), settings.output)
     return InferOutcome(records, metrics, sum(r["error"] is not None for r in records))

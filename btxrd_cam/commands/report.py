@@ -30,6 +30,7 @@ from btxrd_cam.outputs import (
     write_atomic,
 )
 from btxrd_cam.reports import SCHEMA_VERSION
+from btxrd_cam.schemas import validated
 from btxrd_cam.settings import ReportSettings
 
 REPORT_FILES = {
@@ -76,8 +77,11 @@ def _read(path: Path, command: str | None) -> tuple[dict | None, str | None]:
             f"({SCHEMA_VERSION}); upgrade btxrd-cam to show it"
         )
     if command and data.get("command") != command:
-        return None, f"{path.name}: written by {data.get('command')!r}, not {command!r}"
-    return data, None
+        return None, f"{path.name}: written by {one_line(repr(data.get('command')), 40)}, not {command!r}"
+    try:
+        return validated(data, command or "infer"), None
+    except ValueError as exc:
+        return None, f"{path.name}: not the shape of a {command or 'metrics'} report ({one_line(exc, 160)})"
 
 
 def _metrics_files(folder: Path) -> list[Path]:
@@ -116,10 +120,13 @@ def read_reports(folder: Path) -> tuple[dict[str, dict], list[str]]:
     if metrics:
         data = json.loads(metrics[0].read_bytes())
         version = data.get("schema_version", SCHEMA_VERSION)  # metrics files of btxrd-cam 0.1 carry none
-        if isinstance(version, int) and version > SCHEMA_VERSION:
-            notes.append(f"{metrics[0].name}: schema version {version} is newer than this btxrd-cam reads")
+        if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
+            notes.append(f"{metrics[0].name}: schema version {one_line(version, 20)} is not one this btxrd-cam reads")
         else:
-            reports["classification"] = {**data, "file": metrics[0].name}
+            try:
+                reports["classification"] = {**validated(data, "infer"), "file": metrics[0].name}
+            except ValueError as exc:
+                notes.append(f"{metrics[0].name}: not the shape of a metrics file ({one_line(exc, 160)})")
     if not reports and not notes:
         looked = ", ".join(REPORT_FILES.values())
         raise UsageError(f"RESULTS_DIR: no report in {folder} (looked for {looked} and an `infer --metrics` JSON)")
