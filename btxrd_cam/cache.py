@@ -86,6 +86,7 @@ class ExplanationCache:
         self.misses = 0
         self.rejected = 0
         self._digests: dict[Path, tuple[tuple, str]] = {}
+        self._rejected: set[str] = set()
         self._warned = False
 
     def _key(self, item: ImageItem, target: str) -> dict | None:
@@ -128,7 +129,9 @@ class ExplanationCache:
         return None
 
     def _reject(self, item: ImageItem, reason: str) -> tuple[None, None]:
-        self.rejected += 1
+        if item.image_id not in self._rejected:  # probed, then loaded: one entry counted once
+            self._rejected.add(item.image_id)
+            self.rejected += 1
         if not self._warned:  # one warning per run, however many entries are rejected
             self._warned = True
             self.warn(

@@ -124,6 +124,13 @@ Split = Annotated[
 ]
 Subset = Annotated[str, typer.Option(help="train, val or test.", rich_help_panel=DATA)]
 Out = Annotated[Path, typer.Option("--out", "-O", help="Output directory.")]
+ForceOut = Annotated[
+    bool,
+    typer.Option(
+        "--force-out",
+        help="Write even when --out lies inside the data or is an input's folder (no input file is overwritten).",
+    ),
+]
 NoCache = Annotated[
     bool,
     typer.Option("--no-cache", help="Neither read nor write the explanation cache (<out>/.cache) of this folder."),
@@ -250,6 +257,7 @@ def infer(
 def explain_image(
     inputs: Annotated[list[str], typer.Argument(help="Images, directories or globs.")],
     out: Annotated[Path, typer.Option("--out", "-O", help="Output directory.")] = Path("."),
+    force_out: ForceOut = False,
     alpha: Annotated[str, typer.Option(metavar="FLOAT", help="Heatmap opacity in (0, 1).")] = "0.4",
     save_heatmap: Annotated[
         bool, typer.Option("--save-heatmap", help="Also write <stem>_cam.npy (model resolution).")
@@ -292,6 +300,7 @@ def gallery(
     region: Region = "outline",
     no_cache: NoCache = False,
     out: Out = Path("results/gradcam"),
+    force_out: ForceOut = False,
     ckpt: Ckpt = None,
     arch: Arch = None,
     class_names: ClassNames = None,
@@ -337,6 +346,7 @@ def annotate_iou(
     images: Images = True,
     no_cache: NoCache = False,
     out: Out = Path("results/gradcam"),
+    force_out: ForceOut = False,
     ckpt: Ckpt = None,
     arch: Arch = None,
     class_names: ClassNames = None,
@@ -400,6 +410,7 @@ def compare(
     images: Images = True,
     no_cache: NoCache = False,
     out: Out = Path("results/gradcam"),
+    force_out: ForceOut = False,
     ckpt: Ckpt = None,
     arch: Arch = None,
     class_names: ClassNames = None,
@@ -471,6 +482,7 @@ def evidence(
     region: Region = "outline",
     no_cache: NoCache = False,
     out: Out = Path("results/gradcam"),
+    force_out: ForceOut = False,
     ckpt: Ckpt = None,
     arch: Arch = None,
     class_names: ClassNames = None,
@@ -523,6 +535,7 @@ def sanity(
     ] = None,
     seed: Annotated[str, typer.Option(metavar="INT", help="Seed of the images, the weights and the pairs.")] = "0",
     out: Out = Path("results/gradcam"),
+    force_out: ForceOut = False,
     ckpt: Ckpt = None,
     arch: Arch = None,
     class_names: ClassNames = None,
@@ -563,6 +576,7 @@ def audit(
     region: Region = "outline",
     seed: Annotated[str, typer.Option(metavar="INT", help="Seed of the cross-validation folds and bootstrap.")] = "0",
     out: Out = Path("results/gradcam"),
+    force_out: ForceOut = False,
     quiet: Quiet = False,
 ) -> None:
     """The data set itself, no model: counts, image sizes, annotation coverage and cues that are not the lesion."""

@@ -70,6 +70,11 @@ SUBSETS = ("train", "val", "test")
 MAX_PIXELS = 120_000_000
 MAX_FILE_BYTES = 512 * 2**20
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# The pixel budget of one image: its decoded pixels may take at most 240 MB (checked from the header, before
+# anything is decoded) — 120 M grey 8-bit pixels, 120 M 16-bit, 80 M RGB, 60 M float. Decoding then peaks at about
+# 3–4x the budget (Pillow's buffer, one array, the raw file): under 1 GB per image in the worst case.
+MAX_DECODED_BYTES = 240 * 10**6
+BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 3, "LA": 2, "I;16": 2, "I;16B": 2, "I;16L": 2, "RGB": 3, "YCbCr": 3}
 # The decoders Pillow may use: the formats radiographs come in. Never EPS, PS or PDF (which Pillow hands to
 # Ghostscript, an external program), nor any other plugin a crafted file could reach by its content.
 ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF")
@@ -293,11 +298,15 @@ def _to_uint8(array: np.ndarray, notes: list[str] | None = None) -> np.ndarray:
     if array.dtype.kind in "ui" and array.min(initial=0) >= 0 and array.max(initial=0) <= 65535:
         # 16-bit radiographs: the full 16-bit range scaled to 8 bits, rounded (never clipped), in integers so that
         # a large image needs 4 bytes per pixel, not 8: floor(v * 255 / 65535 + 0.5)
-        wide = array.astype(np.uint32)
-        wide *= 510
-        wide += 65535
-        wide //= 131070
-        return wide.astype(np.uint8)
+        out = np.empty(array.shape, np.uint8)
+        rows = max(1, (1 << 22) // max(1, array[0].size))  # blocks of ~4 M values: 16 MB of uint32 at a time
+        for start in range(0, array.shape[0], rows):
+            wide = array[start : start + rows].astype(np.uint32)
+            wide *= 510
+            wide += 65535
+            wide //= 131070
+            out[start : start + rows] = wide
+        return out
     array = array.astype(np.float64)
     finite = np.isfinite(array)
     if not finite.all():
@@ -384,6 +393,13 @@ def _decode_with_pillow(
                 width, height = image.size
                 if width * height > MAX_PIXELS:
                     raise InputError(path, f"image too large ({width}x{height} pixels; the limit is {MAX_PIXELS:,})")
+                decoded = width * height * BYTES_PER_PIXEL.get(image.mode, 4)
+                if decoded > MAX_DECODED_BYTES:
+                    raise InputError(
+                        path,
+                        f"image too large: {width}x{height} {image.mode} pixels decode to {decoded / 1e6:.0f} MB; the "
+                        f"limit is {MAX_DECODED_BYTES // 10**6} MB (e.g. 120 M grey or 80 M colour pixels)",
+                    )
                 frames = getattr(image, "n_frames", 1)
                 if frames > 1:
                     notes.append(f"multi-page {image.format} ({frames} pages): the first page is used")
@@ -395,9 +411,13 @@ def _decode_with_pillow(
                     if factor > 1:
                         image.draft(image.mode, (image.size[0] // factor, image.size[1] // factor))
                 image.load()  # decode now: a truncated or corrupt file fails here, on every path
-                image = ImageOps.exif_transpose(image)
+                # memory: every copy of a 120-megapixel image costs up to 360 MB, so none is made that is not needed
+                # (exif_transpose in place; no convert of an image already L or RGB; 16-bit scaled in row blocks)
+                ImageOps.exif_transpose(image, in_place=True)
                 mode = image.mode
-                if mode in ("L", "I;16", "I;16B", "I;16L", "I", "F", "1"):
+                if mode in ("L", "RGB"):
+                    pixels = np.asarray(image)
+                elif mode in ("I;16", "I;16B", "I;16L", "I", "F", "1"):
                     pixels = _to_uint8(np.asarray(image), notes)
                 elif mode == "LA":
                     pixels = np.asarray(image.convert("L"))

@@ -154,10 +154,10 @@ def _voi(ds, values: np.ndarray, mode: str, warnings_out: list[str], path: Path)
 def element_int(ds, keyword: str, path: Path, default: int, low: int = 0, high: int = 1 << 31) -> int:
     """A whole-number element (Rows, NumberOfFrames, …) as an int in [low, high]; InputError naming the element —
     never quoting its value, which a crafted file may fill with anything (a patient's ID)."""
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return default
     try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return default
         number = int(value)
     except (TypeError, ValueError, OverflowError):
         raise InputError(path, f"the DICOM element {keyword} is not a whole number") from None
@@ -183,13 +183,7 @@ def _check_inflated_size(data: bytes, path: Path, limit: int) -> None:
     beyond `limit` bytes, inflating at most that much to find out (a 1.4 MB file can hold 5.6 GB)."""
     import zlib
 
-    from pydicom.filereader import read_file_meta_info
-
-    try:
-        meta = read_file_meta_info(io.BytesIO(data))
-    except Exception:
-        return  # no readable file meta: dcmread refuses the file with its own reason
-    if str(meta.get("TransferSyntaxUID") or "") != DEFLATED:
+    if _transfer_syntax(data) != DEFLATED:
         return
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
@@ -198,6 +192,27 @@ def _check_inflated_size(data: bytes, path: Path, limit: int) -> None:
         raise InputError(path, "deflated DICOM data is corrupt") from None
     if len(inflated) > limit:
         raise InputError(path, f"deflated DICOM data inflates beyond {limit // 2**20} MB: refused before inflating")
+
+
+def _transfer_syntax(data: bytes) -> str | None:
+    """The TransferSyntaxUID of a Part 10 file, read from its file meta group (explicit VR little endian, as the
+    standard requires) without parsing the rest; None when the file has no such group."""
+    import struct
+
+    if data[128:132] != b"DICM":
+        return None
+    offset, end = 132, min(len(data), _meta_end(data)) if len(data) >= 144 else 0
+    while offset + 8 <= end:
+        group, element = struct.unpack_from("<HH", data, offset)
+        vr = data[offset + 4 : offset + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            length, header = struct.unpack_from("<I", data, offset + 8)[0], 12
+        else:
+            length, header = struct.unpack_from("<H", data, offset + 6)[0], 8
+        if (group, element) == (0x0002, 0x0010):
+            return data[offset + header : offset + header + length].decode("ascii", "ignore").strip("\x00 ")
+        offset += header + length
+    return None
 
 
 def _meta_end(data: bytes) -> int:
@@ -252,53 +267,58 @@ def read_dicom(
         raise InputError(path, f"reading DICOM needs pydicom: {INSTALL_HINT}") from None
     if window not in WINDOW_MODES:
         raise ValueError(f"window must be one of {', '.join(WINDOW_MODES)}")
-    notes: list[str] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom's warnings may quote element values, patients' names among them
-        _check_inflated_size(data, path, inflated_limit)
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data), force=Path(path).suffix.lower() in DICOM_SUFFIXES)
-        except Exception as exc:
-            raise InputError(path, f"not a readable DICOM file ({type(exc).__name__})") from None
-        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-            if data[128:132] != b"DICM" and "SOPClassUID" not in ds:
-                raise InputError(path, "not a DICOM file (no DICM preamble, no pixel data)")
-            kind = _modality(ds)
-            raise InputError(path, f"DICOM without pixel data{f' ({kind} object)' if kind else ''}: not an image")
-        photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
-        samples = element_int(ds, "SamplesPerPixel", path, 1, 1, 4)
-        if photometric not in ("MONOCHROME1", "MONOCHROME2") or samples != 1:
-            shown = photometric if photometric in COLOUR else "neither MONOCHROME1 nor MONOCHROME2"
-            raise InputError(
-                path,
-                f"photometric interpretation {shown} ({samples} samples per pixel) is not a grey radiograph: "
-                "refused (btxrd-cam reads MONOCHROME1/2; convert colour images to greyscale first)",
-            )
-        rows = element_int(ds, "Rows", path, 0, 0, 65535)
-        columns = element_int(ds, "Columns", path, 0, 0, 65535)
-        if rows < 1 or columns < 1:
-            raise InputError(path, "DICOM header declares no image size (Rows/Columns)")
-        if max_pixels and rows * columns > max_pixels:
-            raise InputError(path, f"image too large ({columns}x{rows} pixels; the limit is {max_pixels:,})")
-        stored, frames = _decode_first_frame(ds, path)
-        if stored.ndim != 2 or stored.shape != (rows, columns):
-            raise InputError(path, f"pixel data of shape {list(stored.shape)} does not match {rows}x{columns}")
-        if frames > 1:
-            notes.append(f"multi-frame DICOM ({frames} frames): the first frame is used")
-        values = apply_modality_lut(stored, ds)
-        shown, window_used = _voi(ds, np.asarray(values), window, notes, path)
-        inverse = str(ds.get("PresentationLUTShape") or "").upper() == "INVERSE"
-        if (photometric == "MONOCHROME1") != inverse:
-            shown = 255.0 - shown
-        pixels = np.floor(shown + 0.5).astype(np.uint8)
-        syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-        info = {
-            "format": "DICOM",
-            "modality": _modality(ds),
-            "photometric_interpretation": photometric,
-            "bits_stored": element_int(ds, "BitsStored", path, 0, 0, 64) or None,
-            "transfer_syntax": getattr(syntax, "name", None) or (str(syntax) if syntax else None),
-            "frames": frames,
-            "window": window_used,
-        }
+    try:
+        notes: list[str] = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's warnings may quote element values, patients' names among them
+            _check_inflated_size(data, path, inflated_limit)
+            try:
+                ds = pydicom.dcmread(io.BytesIO(data), force=Path(path).suffix.lower() in DICOM_SUFFIXES)
+            except Exception as exc:
+                raise InputError(path, f"not a readable DICOM file ({type(exc).__name__})") from None
+            if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+                if data[128:132] != b"DICM" and "SOPClassUID" not in ds:
+                    raise InputError(path, "not a DICOM file (no DICM preamble, no pixel data)")
+                kind = _modality(ds)
+                raise InputError(path, f"DICOM without pixel data{f' ({kind} object)' if kind else ''}: not an image")
+            photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
+            samples = element_int(ds, "SamplesPerPixel", path, 1, 1, 4)
+            if photometric not in ("MONOCHROME1", "MONOCHROME2") or samples != 1:
+                shown = photometric if photometric in COLOUR else "neither MONOCHROME1 nor MONOCHROME2"
+                raise InputError(
+                    path,
+                    f"photometric interpretation {shown} ({samples} samples per pixel) is not a grey radiograph: "
+                    "refused (btxrd-cam reads MONOCHROME1/2; convert colour images to greyscale first)",
+                )
+            rows = element_int(ds, "Rows", path, 0, 0, 65535)
+            columns = element_int(ds, "Columns", path, 0, 0, 65535)
+            if rows < 1 or columns < 1:
+                raise InputError(path, "DICOM header declares no image size (Rows/Columns)")
+            if max_pixels and rows * columns > max_pixels:
+                raise InputError(path, f"image too large ({columns}x{rows} pixels; the limit is {max_pixels:,})")
+            stored, frames = _decode_first_frame(ds, path)
+            if stored.ndim != 2 or stored.shape != (rows, columns):
+                raise InputError(path, f"pixel data of shape {list(stored.shape)} does not match {rows}x{columns}")
+            if frames > 1:
+                notes.append(f"multi-frame DICOM ({frames} frames): the first frame is used")
+            values = apply_modality_lut(stored, ds)
+            shown, window_used = _voi(ds, np.asarray(values), window, notes, path)
+            inverse = str(ds.get("PresentationLUTShape") or "").upper() == "INVERSE"
+            if (photometric == "MONOCHROME1") != inverse:
+                shown = 255.0 - shown
+            pixels = np.floor(shown + 0.5).astype(np.uint8)
+            syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+            info = {
+                "format": "DICOM",
+                "modality": _modality(ds),
+                "photometric_interpretation": photometric,
+                "bits_stored": element_int(ds, "BitsStored", path, 0, 0, 64) or None,
+                "transfer_syntax": getattr(syntax, "name", None) or (str(syntax) if syntax else None),
+                "frames": frames,
+                "window": window_used,
+            }
+    except InputError:
+        raise
+    except Exception as exc:  # pydicom's messages quote element values: name the kind of fault only
+        raise InputError(path, f"a DICOM element's value is not of its declared form ({type(exc).__name__})") from None
     return np.ascontiguousarray(pixels), (rows, columns), info, notes

@@ -269,3 +269,130 @@ def test_a_truncated_jpeg_is_refused_on_every_decode_path(tmp_path):
     for draft in (None, 64):
         with pytest.raises(InputError, match="truncated"):
             load_image(path, keep_gray=True, draft_size=draft)
+
+
+# ---- reports of any shape, cache entries of any content -------------------------------------------------------
+
+JSON_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+)
+JSON_VALUES = st.recursive(
+    JSON_LEAVES,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+def _report_paths(report: dict, prefix=()) -> list[tuple]:
+    """Every path to a value in a nested report (dicts and lists), for replacing one."""
+    paths = [prefix] if prefix else []
+    children = report.items() if isinstance(report, dict) else enumerate(report) if isinstance(report, list) else []
+    for key, value in children:
+        paths += _report_paths(value, (*prefix, key))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def annotation_report(tmp_path_factory, tiny_project_template):
+    """One real annotate-iou report of the tiny project, the base the fuzzer mutates."""
+    import shutil
+
+    from btxrd_cam.commands.annotate import run_annotate
+    from btxrd_cam.settings import AnnotateSettings
+    from tests.conftest import project_settings
+
+    project = tmp_path_factory.mktemp("fuzz-report") / "project"
+    shutil.copytree(tiny_project_template, project)
+    return json.loads(run_annotate(project_settings(AnnotateSettings, project, images=False)).text)
+
+
+# a quarter of the profile's examples: each renders a page or reads a model (make fuzz runs 1,250 of each)
+SLOW_EXAMPLES = max(50, settings().max_examples // 4)
+
+
+@settings(
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    deadline=None,
+    max_examples=SLOW_EXAMPLES,
+)
+@given(data=st.data())
+def test_a_report_of_any_shape_renders_or_becomes_a_note(tmp_path, annotation_report, data):
+    from btxrd_cam.commands.report import run_report
+    from btxrd_cam.settings import ReportSettings, build_settings
+
+    report = copy.deepcopy(annotation_report)
+    paths = _report_paths(report)
+    for path in data.draw(st.lists(st.sampled_from(paths), min_size=1, max_size=3)):
+        target = report
+        try:
+            for key in path[:-1]:
+                target = target[key]
+            target[path[-1]] = data.draw(JSON_VALUES)
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier replacement removed this path
+    folder = tmp_path / data.draw(st.sampled_from(["a", "b", "c"]))
+    folder.mkdir(exist_ok=True)
+    (folder / "annotation_report.json").write_text(json.dumps(report))
+    outcome = run_report(build_settings(ReportSettings, results_dir=folder, quiet=True))
+    assert outcome.path.is_file()
+    assert ("annotation" in outcome.sections) != any(n.startswith("annotation_report.json") for n in outcome.notes)
+    event("rendered" if outcome.sections else "a note")
+
+
+@pytest.fixture(scope="module")
+def cached_entry(tmp_path_factory, tiny_project_template):
+    """A real cache entry of one image of the tiny project: (engine, item, its file's bytes, cache folder)."""
+    from btxrd_cam.cache import ExplanationCache
+    from btxrd_cam.checkpoint import load_checkpoint
+    from btxrd_cam.data import manifest_path, split_items
+    from btxrd_cam.engine import Engine
+
+    folder = tmp_path_factory.mktemp("fuzz-cache")
+    project = tiny_project_template
+    engine = Engine(load_checkpoint(project / "checkpoints/best_stratified.pt"))
+    item = split_items(project / "data_raw", manifest_path(project / "data/splits", "stratified", "test"))[0]
+    context = {"checkpoint_sha256": engine.checkpoint.sha256, "class_names": engine.class_names, "image_size": 64}
+    cache = ExplanationCache(folder / ".cache", context, shapes=engine.map_shapes())
+    (truth,) = list(engine.run([item], cache=cache, thumbnail=48))
+    (entry,) = list((folder / ".cache").rglob("*.npz"))
+    return engine, item, entry.read_bytes(), entry, cache.context, truth
+
+
+@settings(
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    deadline=None,
+    max_examples=SLOW_EXAMPLES,
+)
+@given(data=st.data())
+def test_a_cache_entry_of_any_content_is_served_right_or_recomputed(cached_entry, data):
+    """Flip, cut or splice the bytes of a real entry: the engine's answer is the true one (served from a valid
+    entry, or recomputed), never an exception, never a wrong one."""
+    from btxrd_cam.cache import ExplanationCache
+
+    engine, item, original, path, context, truth = cached_entry
+    raw = bytearray(original)
+    kind = data.draw(st.sampled_from(["flip", "cut", "splice", "garbage"]))
+    if kind == "flip":
+        for at in data.draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=8)):
+            raw[at] ^= data.draw(st.integers(1, 255))
+    elif kind == "cut":
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    elif kind == "splice":
+        at = data.draw(st.integers(0, len(raw)))
+        raw[at:at] = data.draw(st.binary(min_size=1, max_size=64))
+    else:
+        raw = bytearray(data.draw(st.binary(max_size=512)))
+    path.write_bytes(bytes(raw))
+    try:
+        cache = ExplanationCache(path.parent.parent, context, shapes=engine.map_shapes())
+        (result,) = list(engine.run([item], cache=cache, thumbnail=48))
+        assert result.ok and result.pred == truth.pred
+        np.testing.assert_allclose(result.probs, truth.probs, atol=1e-6)
+        np.testing.assert_allclose(result.cam, truth.cam, atol=1e-6)
+        event("served" if cache.hits else "recomputed")
+    finally:
+        path.write_bytes(original)

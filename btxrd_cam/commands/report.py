@@ -232,7 +232,8 @@ def _header(reports: dict) -> dict:
                 "split": settings.get("split"),
                 "subset": settings.get("subset"),
             }
-    return {"checkpoint": {}, "split": None, "subset": None}
+    empty = {"name": None, "sha256": None, "arch": None, "image_size": None, "target_layer": None, "class_names": []}
+    return {"checkpoint": empty, "split": None, "subset": None}
 
 
 def build_page(folder: Path, page: Path, reports: dict, notes: list[str], embed: bool) -> str:
