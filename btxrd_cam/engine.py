@@ -42,7 +42,7 @@ from btxrd_cam.cache import CachedImage, ExplanationCache
 from btxrd_cam.checkpoint import Checkpoint
 from btxrd_cam.data import ImageItem, decode_image, fit_long_side, normalize_pixels, resize_for_model
 from btxrd_cam.errors import InputError, UsageError, per_image, raise_if_interrupted
-from btxrd_cam.layers import get_layer, layer_grids
+from btxrd_cam.layers import get_layer, layer_layouts
 
 METHODS = {
     "gradcam": GradCAM,
@@ -60,6 +60,11 @@ SINGLE_PASS = ("gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "eige
 GRADIENT_FREE = {"eigencam"}
 EIGEN = {"eigencam", "eigengradcam"}
 LIBRARY_PATH = ("scorecam", "ablationcam")
+# Attributions of the input's pixels, through Captum: their layer is the input ("input"), their map the absolute
+# attribution summed over the channels, normalised like a CAM.
+ATTRIBUTION = ("integrated-gradients", "smoothgrad", "occlusion")
+INPUT_LAYER = "input"
+SMOOTHGRAD_SIGMA = 0.15  # of the input's range (Smilkov et al. 2017: 10–20 %)
 NON_FINITE = (
     "the model returned NaN or infinite values for this image (check the checkpoint: a zero std in its "
     "normalisation, or weights that are not finite)"
@@ -128,6 +133,14 @@ def eigen_projection(activations: np.ndarray) -> np.ndarray:
     return np.float32(projections)
 
 
+def pixel_seed(tensor: torch.Tensor) -> int:
+    """A seed from an image's own pixels (SmoothGrad's noise): the same image draws the same noise in any batch."""
+    import hashlib
+
+    data = tensor.detach().float().cpu().numpy().tobytes()
+    return int.from_bytes(hashlib.sha256(data).digest()[:4], "little")
+
+
 @contextlib.contextmanager
 def restored_mode(model: torch.nn.Module):
     """Whatever mode the model is put in inside, it leaves in the mode it came in."""
@@ -186,11 +199,22 @@ class Engine:
         configs: Sequence[CamConfig] | None = None,
         dicom_window: str = "file",
         layer_option: str = "--target-layer",
+        ig_steps: int = 32,
+        sg_samples: int = 16,
+        occlusion_window: int | None = None,
     ) -> None:
-        configs = list(configs) if configs else [CamConfig(method, checkpoint.target_layer_name)]
+        if not configs:
+            layer = INPUT_LAYER if method in ATTRIBUTION else checkpoint.target_layer_name
+            configs = [CamConfig(method, layer)]
+        configs = list(configs)
         for config in configs:
-            if config.method not in METHODS:
-                raise UsageError(f"--method: got {config.method}; must be one of {', '.join(METHODS)}")
+            if config.method not in (*METHODS, *ATTRIBUTION):
+                raise UsageError(f"--method: got {config.method}; must be one of {', '.join((*METHODS, *ATTRIBUTION))}")
+            if (config.method in ATTRIBUTION) != (config.layer == INPUT_LAYER):
+                raise UsageError(
+                    f"--layers: {config.name}: the attribution methods ({', '.join(ATTRIBUTION)}) explain the input "
+                    f"(layer {INPUT_LAYER}), and the CAM methods a layer of the model"
+                )
         self.checkpoint = checkpoint
         self.device = torch.device(device)
         # channels-last convolutions are ~1.2x faster on CPU (oneDNN) and what tensor cores want on CUDA
@@ -198,9 +222,27 @@ class Engine:
         self.configs = configs
         self.layers = {}
         for config in configs:
-            if config.layer not in self.layers:
+            if config.layer not in self.layers and config.layer != INPUT_LAYER:
                 self.layers[config.layer] = get_layer(self.model, config.layer, layer_option)[1]
-        self.grids = layer_grids(self.model, list(self.layers), checkpoint.image_size, layer_option)
+        self.layouts = layer_layouts(self.model, list(self.layers), checkpoint.image_size, layer_option)
+        self.grids = {name: layout.grid for name, layout in self.layouts.items()}
+        size = checkpoint.image_size
+        self.grids[INPUT_LAYER] = (size, size)
+        for config in configs:
+            if config.method == "ablationcam" and self.layouts[config.layer].kind != "nchw":
+                raise UsageError(
+                    f"--method: ablationcam at {config.layer} ({self.layouts[config.layer].kind} layout) needs "
+                    "pytorch-grad-cam's transformer ablation layer, which btxrd-cam does not wire; use scorecam or a "
+                    "gradient method there"
+                )
+        if not 2 <= ig_steps <= 1024:
+            raise UsageError(f"--ig-steps: got {ig_steps}; must be a whole number from 2 to 1024")
+        if not 1 <= sg_samples <= 1024:
+            raise UsageError(f"--sg-samples: got {sg_samples}; must be a whole number from 1 to 1024")
+        window = occlusion_window or max(1, size // 8)
+        if not 1 <= window <= size:
+            raise UsageError(f"--occlusion-window: got {window}; must be from 1 to the model's input size, {size} px")
+        self.ig_steps, self.sg_samples, self.occlusion_window = ig_steps, sg_samples, window
         self.batch_size = batch_size
         self.workers = workers
         self.amp = amp and self.device.type == "cuda"
@@ -209,7 +251,8 @@ class Engine:
         self.fast_decode = fast_decode
         self.dicom_window = dicom_window
         self.single_pass = [c for c in configs if c.method in SINGLE_PASS and not aug_smooth]
-        self.library_path = [c for c in configs if c not in self.single_pass]
+        self.attribution = [c for c in configs if c.method in ATTRIBUTION]
+        self.library_path = [c for c in configs if c not in self.single_pass and c not in self.attribution]
         self._pool: ThreadPoolExecutor | None = None
         # pytorch-grad-cam's method objects, used only for their channel weighting (they hook nothing here)
         with restored_mode(self.model):
@@ -220,6 +263,17 @@ class Engine:
         methods, the model's input for the library's own passes."""
         size = self.checkpoint.image_size
         return {c.name: self.grids[c.layer] if c in self.single_pass else (size, size) for c in self.configs}
+
+    def passes_per_image(self, config: CamConfig) -> int | None:
+        """How many forward (+ backward) passes a configuration costs per image beyond the one pass, or None."""
+        size, window = self.checkpoint.image_size, self.occlusion_window
+        if config.method == "integrated-gradients":
+            return self.ig_steps
+        if config.method == "smoothgrad":
+            return self.sg_samples
+        if config.method == "occlusion":
+            return ((size - window) // max(1, window // 2) + 1) ** 2  # Captum's count of window positions
+        return None
 
     @property
     def method(self) -> str:
@@ -282,6 +336,8 @@ class Engine:
             chosen = self._resolve_targets(logits, targets)
         for config in self.library_path:
             maps[config.name] = self._explain_with_library(batch, chosen.tolist(), config)
+        for config in self.attribution:
+            maps[config.name] = self._attribute(batch, chosen.tolist(), config)
         return logits, {c.name: maps[c.name] for c in self.configs}
 
     def _single_pass(self, batch, targets, maps):
@@ -321,9 +377,12 @@ class Engine:
                 handle.remove()
         cam_targets = [ClassifierOutputTarget(int(t)) for t in chosen.tolist()]
         jobs = []
-        for name in layer_names:
-            acts = captured[name].detach().float().cpu().numpy()
-            layer_grads = grads[name].detach().float().cpu().numpy() if name in grads else np.zeros_like(acts)
+        for name in layer_names:  # each layer's output read as a feature map [B, C, h, w] (its layout)
+            layout = self.layouts[name]
+            acts = layout.to_nchw(captured[name].detach()).float().cpu().numpy()
+            layer_grads = (
+                layout.to_nchw(grads[name].detach()).float().cpu().numpy() if name in grads else np.zeros_like(acts)
+            )
             jobs += [(config, acts, layer_grads) for config in self.single_pass if config.layer == name]
         jobs.sort(key=lambda job: job[0].method not in EIGEN)  # the slow SVDs first: the threads end together
 
@@ -358,8 +417,12 @@ class Engine:
         return torch.where(fixed < 0, pred, fixed)
 
     def _explain_with_library(self, batch, chosen: list[int], config: CamConfig) -> np.ndarray:
-        layer = self.layers[config.layer]
-        with restored_mode(self.model), METHODS[config.method](self.model, target_layers=[layer]) as cam:
+        layer, layout = self.layers[config.layer], self.layouts[config.layer]
+        reshape = None if layout.kind == "nchw" else layout.to_nchw
+        with (
+            restored_mode(self.model),
+            METHODS[config.method](self.model, target_layers=[layer], reshape_transform=reshape) as cam,
+        ):
             maps = cam(
                 batch,
                 [ClassifierOutputTarget(int(t)) for t in chosen],
@@ -368,6 +431,67 @@ class Engine:
             )
         self.model.zero_grad(set_to_none=True)
         return np.asarray(maps, dtype=np.float32)
+
+    def _baseline(self) -> torch.Tensor:
+        """A black image in the model's normalised input space, [1, 3, S, S] (Integrated Gradients' baseline and
+        what occlusion fills with)."""
+        mean = torch.tensor(self.checkpoint.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.checkpoint.std, dtype=torch.float32).view(1, 3, 1, 1)
+        size = self.checkpoint.image_size
+        return ((0.0 - mean) / std).expand(1, 3, size, size).to(self.device)
+
+    def _attribute(self, batch: torch.Tensor, chosen: list[int], config: CamConfig) -> np.ndarray:
+        """Captum's attribution of the input for each image's class → |attribution| summed over channels, min–max
+        normalised like a CAM: float32 [B, S, S] in [0, 1]. SmoothGrad's noise is seeded per image by its pixels,
+        so an image's map does not depend on the batch it is in."""
+        from captum.attr import IntegratedGradients, NoiseTunnel, Occlusion, Saliency
+
+        batch = batch.float().contiguous()
+        baseline = self._baseline()
+        with frozen_eval(self.model) as model, torch.enable_grad():
+            if config.method == "integrated-gradients":
+                attribution = IntegratedGradients(model).attribute(
+                    batch,
+                    baselines=baseline,
+                    target=chosen,
+                    n_steps=self.ig_steps,
+                    internal_batch_size=max(self.ig_steps, self.batch_size),
+                )
+            elif config.method == "smoothgrad":
+                sigma = self.smoothgrad_sigma()
+                parts = []
+                for i in range(len(batch)):
+                    with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                        torch.manual_seed(pixel_seed(batch[i]))
+                        parts.append(
+                            NoiseTunnel(Saliency(model)).attribute(
+                                batch[i : i + 1],
+                                nt_type="smoothgrad",
+                                nt_samples=self.sg_samples,
+                                nt_samples_batch_size=self.sg_samples,
+                                stdevs=sigma,
+                                target=chosen[i],
+                                abs=False,
+                            )
+                        )
+                attribution = torch.cat(parts)
+            else:
+                window, stride = self.occlusion_window, max(1, self.occlusion_window // 2)
+                attribution = Occlusion(model).attribute(
+                    batch,
+                    sliding_window_shapes=(3, window, window),
+                    strides=(3, stride, stride),
+                    baselines=baseline,
+                    target=chosen,
+                    perturbations_per_eval=max(1, 64 // len(batch)),
+                )
+        maps = attribution.detach().abs().sum(dim=1).float().cpu().numpy()
+        return scale_cam_image(maps).astype(np.float32)
+
+    def smoothgrad_sigma(self) -> float:
+        """SmoothGrad's noise σ: 15 % of the input's range, in the model's normalised space (a pixel's 0…1 spans
+        1/std there; the mean over the channels)."""
+        return float(SMOOTHGRAD_SIGMA * np.mean([1.0 / s for s in self.checkpoint.std]))
 
     # ---- files -------------------------------------------------------------------------------------------
 

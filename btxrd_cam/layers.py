@@ -1,7 +1,18 @@
-"""Finding layers in a model generically: the CAM layer, the feature stages and the grid each layer outputs.
+"""Finding layers in a model generically: the CAM layer, the feature stages, and how each layer's output becomes a
+feature map — its layout.
 
 Works from timm's `feature_info` where the model has it, else from the module tree and one dummy forward, so
-that EfficientNet, ResNet, ConvNeXt and DenseNet need no special case. Not for: running the model on images
+that EfficientNet, ResNet, ConvNeXt and DenseNet need no special case. Transformers are a layout, not a special
+model: a layer's output is read as one of a small table of layouts (`Layout`) —
+
+- `nchw`: a convolutional feature map [B, C, h, w] (CNNs; any convolution or batch norm);
+- `nhwc`: [B, h, w, C], permuted to [B, C, h, w] (timm's Swin and other models that declare `output_fmt` NHWC);
+- `tokens`: [B, prefix + h·w, C] (ViT, DeiT, BEiT: `num_prefix_tokens` class / distillation / register tokens
+  dropped, the patch tokens reshaped to the patch grid the model's `patch_embed.grid_size` names — never a grid
+  guessed from a square root).
+
+A layer whose layout cannot be known is refused, never guessed. The engine applies the layout where it captures
+activations and gradients; nothing above it knows a model is a transformer. Not for: running the model on images
 (engine.py) or loading it (checkpoint.py).
 """
 
@@ -17,6 +28,61 @@ from torch import nn
 from btxrd_cam.errors import CheckpointError, UsageError
 
 TRUNK_CONTAINERS = ("features", "stages")
+CONV_MODULES = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a layer's output becomes a feature map [B, C, h, w]: `kind` nchw, nhwc or tokens; `grid` (h, w); `prefix`
+    tokens dropped before the patch tokens (tokens only)."""
+
+    kind: str
+    grid: tuple[int, int]
+    prefix: int = 0
+
+    def to_nchw(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The layer's output (or its gradient) as [B, C, h, w]."""
+        if self.kind == "nchw":
+            return tensor
+        if self.kind == "nhwc":
+            return tensor.permute(0, 3, 1, 2)
+        batch, _, channels = tensor.shape
+        return tensor[:, self.prefix :, :].reshape(batch, *self.grid, channels).permute(0, 3, 1, 2)
+
+
+def patch_grid(model: nn.Module) -> tuple[int, int] | None:
+    """The patch grid (h, w) of a vision transformer (timm's `patch_embed.grid_size`), None for other models."""
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if grid is None:
+        return None
+    try:
+        height, width = (int(v) for v in grid)
+    except (TypeError, ValueError):
+        return None
+    return height, width
+
+
+def layer_layout(model: nn.Module, module: nn.Module, output) -> Layout | str:
+    """The layout of one layer's output (seen in a dummy forward), or why it cannot be known."""
+    if not isinstance(output, torch.Tensor):
+        return f"outputs {type(output).__name__}, not a tensor"
+    shape = list(output.shape)
+    if output.ndim == 4:
+        declared = str(getattr(model, "output_fmt", "NCHW")).upper()
+        if isinstance(module, CONV_MODULES) or declared != "NHWC":
+            return Layout("nchw", (shape[2], shape[3]))
+        return Layout("nhwc", (shape[1], shape[2]))
+    if output.ndim == 3:
+        grid = patch_grid(model)
+        prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
+        if grid is not None:
+            patches = grid[0] * grid[1]
+            if shape[1] == prefix + patches:
+                return Layout("tokens", grid, prefix)
+            if shape[1] == patches:
+                return Layout("tokens", grid, 0)
+        return f"outputs tokens {shape} whose patch grid is not known (no patch_embed.grid_size to match)"
+    return f"outputs {shape}, not a feature map ([B, C, h, w], [B, h, w, C] or tokens [B, N, C])"
 
 
 def describe_names(names: list[str], limit: int = 5) -> str:
@@ -50,13 +116,18 @@ def get_layer(model: nn.Module, name: str, option: str = "--target-layer") -> tu
     return ".".join(canonical), module
 
 
-def _dummy_forward(model: nn.Module, image_size: int, hooked: dict[str, nn.Module]) -> dict[str, object]:
-    """Outputs of the hooked modules (first call each) for one zero image, the model's mode left as it was."""
+def _dummy_forward(
+    model: nn.Module, image_size: int, hooked: dict[str, nn.Module], order: list[str] | None = None
+) -> dict[str, object]:
+    """Outputs of the hooked modules (first call each) for one zero image, the model's mode left as it was; `order`
+    receives the names in the order their modules returned."""
     outputs: dict[str, object] = {}
     handles = []
 
     def hook_for(name):
         def hook(module, inputs, output):
+            if name not in outputs and order is not None:
+                order.append(name)
             outputs.setdefault(name, output)
 
         return hook
@@ -77,14 +148,37 @@ def _dummy_forward(model: nn.Module, image_size: int, hooked: dict[str, nn.Modul
     return outputs
 
 
+def transformer_target_layer(model: nn.Module) -> str | None:
+    """The CAM layer of a transformer, or None for other models. A ViT / DeiT / BEiT: the last block's `norm1`, as
+    pytorch-grad-cam's ViT tutorial hooks it — the head reads the class token only, so the last block's output has
+    no gradient at the patch tokens, while its `norm1` feeds the attention that mixes them into the class token. A
+    model with NHWC stages (Swin): the last stage's output, the feature map its head pools."""
+    blocks = getattr(model, "blocks", None)
+    if patch_grid(model) is not None and isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks):
+        last = len(blocks) - 1
+        if hasattr(blocks[last], "norm1"):
+            return f"blocks.{last}.norm1"
+        return f"blocks.{last}"
+    if str(getattr(model, "output_fmt", "")).upper() == "NHWC":
+        info = getattr(model, "feature_info", None)
+        names = [entry.get("module") for entry in info or [] if isinstance(entry, dict) and entry.get("module")]
+        if names:
+            return parse_layer_name(names[-1])
+    return None
+
+
 def resolve_target_layer(model: nn.Module, image_size: int = 224) -> str:
-    """Name of the module whose output is the final 4-D feature map, the one global pooling reads.
+    """Name of the module whose output is the final 4-D feature map, the one global pooling reads (transformers:
+    see transformer_target_layer).
 
     Found by one dummy forward: the feature map is what `forward_features` returns (timm), else the last 4-D
     output with more than one pixel. The outermost module producing that very tensor wins (EfficientNet `bn2`,
     ResNet `layer4`), descending into whole-trunk containers (`features`, `stages`) to their last child
     (DenseNet `features.norm5`, ConvNeXt `stages.3`). Pass-through modules (Identity) never count.
     """
+    found = transformer_target_layer(model)
+    if found is not None:
+        return found
     outputs: list[tuple[str, torch.Tensor]] = []
     handles = []
 
@@ -177,32 +271,53 @@ def feature_stages(model: nn.Module, image_size: int = 224) -> list[str]:
 
 
 def auto_layers(model: nn.Module, target_layer: str, image_size: int = 224, earlier: int = 3) -> list[str]:
-    """`--layers auto`: the target layer, then the outputs of the `earlier` stages before it, latest first.
+    """`--layers auto`: the target layer, then the outputs of the `earlier` stages before it, latest first — each
+    tensor once (MobileNetV3's `blocks` and `blocks.5` are one), and only stages that run before the target layer
+    (a ViT's last block runs after its `norm1`, and its output has no gradient at the patch tokens).
 
-    EfficientNet-B0: bn2, blocks.6, blocks.4, blocks.2; ResNet: layer4, layer3, layer2, layer1.
+    EfficientNet-B0: bn2, blocks.6, blocks.4, blocks.2; ResNet: layer4 … layer1; ViT-Tiny: blocks.11.norm1,
+    blocks.10, blocks.9, blocks.8; Swin: layers.3 … layers.0.
     """
     stages = [name for name in reversed(feature_stages(model, image_size)) if name != target_layer]
-    return [target_layer, *stages[:earlier]]
+    modules = {name: model.get_submodule(name) for name in [target_layer, *stages]}
+    order: list[str] = []
+    outputs = _dummy_forward(model, image_size, modules, order)
+    target_at = order.index(target_layer) if target_layer in order else len(order)
+    chosen, seen = [target_layer], [outputs.get(target_layer)]
+    for name in stages:
+        output = outputs.get(name)
+        if name not in order or order.index(name) > target_at or any(output is s for s in seen):
+            continue
+        chosen.append(name)
+        seen.append(output)
+        if len(chosen) == earlier + 1:
+            break
+    return chosen
+
+
+def layer_layouts(model: nn.Module, names: list[str], image_size: int, option: str = "--layers") -> dict:
+    """{name: Layout} of each named layer at the model's input size; UsageError naming the layer, its output and
+    how to choose another for a layer the forward never calls or whose layout cannot be known (a classifier, a
+    pooled vector, tokens without a known grid)."""
+    modules = {name: model.get_submodule(name) for name in names}
+    outputs = _dummy_forward(model, image_size, modules)
+    layouts = {}
+    for name in names:
+        if name not in outputs:
+            raise UsageError(f"{option}: {name!r} is never called in the model's forward pass, so it has no map")
+        layout = layer_layout(model, modules[name], outputs[name])
+        if isinstance(layout, str):
+            raise UsageError(
+                f"{option}: {name!r} {layout}; choose a layer whose output is a feature map — the stages before "
+                "global pooling, or a transformer block (e.g. blocks.N.norm1)"
+            )
+        layouts[name] = layout
+    return layouts
 
 
 def layer_grids(model: nn.Module, names: list[str], image_size: int, option: str = "--layers") -> dict:
-    """The feature grid (h, w) each named layer outputs at the model's input size; UsageError for a layer the
-    forward never calls or whose output is not a 4-D feature map (a classifier, a pooled vector)."""
-    modules = {name: model.get_submodule(name) for name in names}
-    outputs = _dummy_forward(model, image_size, modules)
-    grids = {}
-    for name in names:
-        output = outputs.get(name)
-        if output is None:
-            raise UsageError(f"{option}: {name!r} is never called in the model's forward pass, so it has no map")
-        if not isinstance(output, torch.Tensor) or output.ndim != 4:
-            shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-            raise UsageError(
-                f"{option}: {name!r} outputs {shape}, not a 4-D feature map [B, C, H, W]; choose a convolutional "
-                "layer (e.g. the stages before global pooling)"
-            )
-        grids[name] = (int(output.shape[-2]), int(output.shape[-1]))
-    return grids
+    """The feature grid (h, w) each named layer outputs at the model's input size (see layer_layouts)."""
+    return {name: layout.grid for name, layout in layer_layouts(model, names, image_size, option).items()}
 
 
 def classifier_name(model: nn.Module) -> str | None:

@@ -15,7 +15,7 @@ from btxrd_cam.cache import ExplanationCache
 from btxrd_cam.checkpoint import load_checkpoint
 from btxrd_cam.console import progress, warn
 from btxrd_cam.data import ImageItem, fit_long_side, load_image, manifest_path, split_items
-from btxrd_cam.engine import LIBRARY_PATH, CamConfig, Engine, Explanation
+from btxrd_cam.engine import ATTRIBUTION, INPUT_LAYER, LIBRARY_PATH, CamConfig, Engine, Explanation
 from btxrd_cam.errors import UsageError, per_image, raise_if_interrupted
 from btxrd_cam.labelme import DEFAULT_REGION, rasterize_annotation
 from btxrd_cam.layers import auto_layers, get_layer
@@ -28,8 +28,11 @@ SCORERS = 2
 
 
 def open_checkpoint(settings: ModelSettings):
-    """Load the checkpoint the settings name, safely."""
-    return load_checkpoint(settings.ckpt, settings.arch, settings.class_names, settings.target_layer)
+    """Load the checkpoint the settings name, safely; what it assumed or left aside is said on stderr."""
+    checkpoint = load_checkpoint(settings.ckpt, settings.arch, settings.class_names, settings.target_layer)
+    for note in checkpoint.notes:
+        warn(f"{checkpoint.name}: {note}", settings.quiet)
+    return checkpoint
 
 
 def open_engine(
@@ -50,7 +53,13 @@ def open_engine(
         configs=configs,
         dicom_window=settings.dicom_window,
         layer_option=layer_option or "--target-layer",
+        ig_steps=settings.ig_steps,
+        sg_samples=settings.sg_samples,
+        occlusion_window=settings.occlusion_window,
     )
+    for config in engine.attribution:
+        kind = "forward passes" if config.method == "occlusion" else "forward and backward passes"
+        warn(f"{config.name} costs {engine.passes_per_image(config)} {kind} per image", settings.quiet)
     if settings.target not in ("pred", "true"):
         engine.class_index(settings.target)  # an unknown class name fails before any image is read
     return engine
@@ -100,7 +109,7 @@ def resolve_configurations(methods: list[str], layers, checkpoint) -> tuple[list
         names = [get_layer(model, name, "--layers")[0] for name in layers]
     configs, dropped = [], []
     for method in methods:
-        for layer in names:
+        for layer in [INPUT_LAYER] if method in ATTRIBUTION else names:  # attributions explain the input only
             config = CamConfig(method, layer)
             if config in configs:
                 dropped.append(config.name)

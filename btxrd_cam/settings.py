@@ -30,8 +30,12 @@ METHOD_NAMES = (
     "eigengradcam",
     "scorecam",
     "ablationcam",
+    "integrated-gradients",
+    "smoothgrad",
+    "occlusion",
 )
 SINGLE_PASS_METHODS = METHOD_NAMES[:7]  # compare's default: the methods one pass serves
+ATTRIBUTION_METHODS = METHOD_NAMES[9:]  # Captum's, at the input
 BASELINE_NAMES = ("uniform", "centre", "edges")
 FILLS = ("impute", "blur", "mean")  # evidence's fills (faithfulness.fill_region)
 RANK_METRICS = ("pxap", "iou", "dice", "pointing_game", "energy_pointing_game")
@@ -102,6 +106,20 @@ def _choice(*allowed: str):
     return BeforeValidator(check)
 
 
+def _bounded_int(low: int, high: int):
+    def check(value):
+        allowed = f"must be a whole number from {low} to {high}"
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise ValueError(allowed) from None
+        if not low <= number <= high:
+            raise ValueError(allowed)
+        return number
+
+    return BeforeValidator(check)
+
+
 Count = Annotated[int, _int_at_least(1)]
 Workers = Annotated[int, _int_at_least(0)]
 UnitFloat = Annotated[float, BeforeValidator(_open_unit)]
@@ -161,6 +179,9 @@ class ModelSettings(BaseModel):
     eigen_smooth: bool = False
     fast_decode: bool = False
     dicom_window: Annotated[str, _choice("file", "minmax", "percentile")] = "file"
+    ig_steps: Annotated[int, _bounded_int(2, 1024)] = 32
+    sg_samples: Annotated[int, _bounded_int(1, 1024)] = 16
+    occlusion_window: Annotated[int | None, _int_at_least(1)] = None  # None: 1/8 of the input's side
     quiet: bool = False
 
     @field_validator("ckpt")
@@ -333,20 +354,6 @@ class CompareSettings(ModelSettings, SplitSettings, OutputSettings, RegionSettin
     top: Count = 4
     images: bool = True
     no_cache: bool = False
-
-
-def _bounded_int(low: int, high: int):
-    def check(value):
-        allowed = f"must be a whole number from {low} to {high}"
-        try:
-            number = int(str(value).strip())
-        except ValueError:
-            raise ValueError(allowed) from None
-        if not low <= number <= high:
-            raise ValueError(allowed)
-        return number
-
-    return BeforeValidator(check)
 
 
 def _delta(value) -> float:

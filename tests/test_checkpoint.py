@@ -51,7 +51,7 @@ def test_upstream_checkpoint_gives_the_wrappers_logits(tmp_path):
         64,
     )
     assert ckpt.mean == (0.5, 0.5, 0.5) and ckpt.std == (0.25, 0.25, 0.25)
-    assert ckpt.metadata == {"epoch": 7, "val_loss": 0.42} and len(ckpt.sha256) == 64
+    assert ckpt.metadata == {"epoch": 7, "val_loss": 0.42, "format": "upstream"} and len(ckpt.sha256) == 64
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(ckpt.model(x), wrapper(x))
@@ -63,7 +63,7 @@ def test_bare_state_dict_with_prefixes_needs_arch_and_loads(tmp_path, prefix):
     model = make_tiny_model()
     path = tmp_path / "bare.pt"
     torch.save({prefix + k: v for k, v in model.state_dict().items()}, path)
-    with pytest.raises(CheckpointError, match="needs --arch"):
+    with pytest.raises(CheckpointError, match="pass --arch"):
         load_checkpoint(path)
     ckpt = load_checkpoint(path, arch=TINY_ARCH, class_names=["A", "B", "C"])
     x = torch.randn(1, 3, 32, 32)

@@ -126,7 +126,7 @@ def test_select_correct_and_other_resolutions(tiny_project):
     [
         ({"methods": "gradcam,saliency"}, "--methods: got gradcam,saliency; unknown saliency; must be"),
         ({"layers": "bn2,head"}, "--layers: 'head' is not a layer of this model (at 'head'; top-level layers:"),
-        ({"layers": "classifier"}, "--layers: 'classifier' outputs [1, 3], not a 4-D feature map"),
+        ({"layers": "classifier"}, "--layers: 'classifier' outputs [1, 3], not a feature map"),
         ({"reference": "gradcam@blocks.0"}, "--reference: got gradcam@blocks.0; must be one of the configurations"),
         ({"rank_by": "auc"}, "--rank-by: got auc; must be one of pxap, iou, dice, pointing_game"),
         ({"baselines": "noise"}, "--baselines: got noise; unknown noise;"),

@@ -110,7 +110,7 @@ def test_layers_after_the_earliest_are_not_cut_off_and_a_gradient_free_method_sh
 
 
 def test_a_layer_that_is_no_feature_map_is_refused():
-    with pytest.raises(UsageError, match="'classifier' outputs \\[1, 3\\], not a 4-D feature map"):
+    with pytest.raises(UsageError, match="'classifier' outputs \\[1, 3\\], not a feature map"):
         Engine(_checkpoint(_model("test_efficientnet")), configs=[CamConfig("gradcam", "classifier")])
 
 

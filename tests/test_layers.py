@@ -52,7 +52,7 @@ def test_stages_from_the_module_tree_without_feature_info():
 
 def test_layers_that_are_not_feature_maps_are_refused_by_name():
     model = PlainNet()
-    with pytest.raises(UsageError, match=r"--layers: 'fc' outputs \[1, 2\], not a 4-D feature map"):
+    with pytest.raises(UsageError, match=r"--layers: 'fc' outputs \[1, 2\], not a feature map"):
         layer_grids(model, ["fc"], 32)
     with pytest.raises(UsageError, match="top-level layers: stem, body, pool, fc"):
         get_layer(model, "head", "--layers")
