@@ -51,7 +51,8 @@ Ckpt = Annotated[
     Path | None,
     typer.Option(
         "--ckpt",
-        help="Checkpoint [default: $BTXRD_CAM_CKPT or checkpoints/best_stratified.pt].",
+        help="Checkpoint.",
+        show_default="$BTXRD_CAM_CKPT or checkpoints/best_stratified.pt",
         rich_help_panel=MODEL,
     ),
 ]
@@ -64,7 +65,8 @@ TargetLayer = Annotated[
     str | None,
     typer.Option(
         "--target-layer",
-        help="Layer to explain [default: found automatically, e.g. bn2].",
+        help="Layer to explain.",
+        show_default="found automatically, e.g. bn2",
         rich_help_panel=MODEL,
     ),
 ]
@@ -72,28 +74,37 @@ Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_hel
 BatchSize = Annotated[str, typer.Option("--batch-size", metavar="INT", help="Images per batch.", rich_help_panel=MODEL)]
 Workers = Annotated[
     str | None,
-    typer.Option(metavar="INT", help="Threads decoding images [default: min(4, cores)].", rich_help_panel=MODEL),
+    typer.Option(metavar="INT", help="Threads decoding images.", show_default="min(4, cores)", rich_help_panel=MODEL),
 ]
-Amp = Annotated[bool, typer.Option("--amp", help="Autocast (bf16/fp16) on CUDA.", rich_help_panel=MODEL)]
+Amp = Annotated[
+    bool, typer.Option("--amp", show_default="off", help="Autocast (bf16/fp16) on CUDA.", rich_help_panel=MODEL)
+]
 Method = Annotated[
     str,
     typer.Option(
-        help="gradcam, hirescam, gradcam++, xgradcam, layercam, eigencam, eigengradcam, scorecam, ablationcam.",
+        help="gradcam, hirescam, gradcam++, xgradcam, layercam, eigencam, eigengradcam, scorecam, ablationcam; or a "
+        "pixel attribution: integrated-gradients, smoothgrad, occlusion.",
         rich_help_panel=MODEL,
     ),
 ]
 Target = Annotated[str, typer.Option(help="Class to explain: pred, true or a class name.", rich_help_panel=MODEL)]
 AugSmooth = Annotated[
     bool,
-    typer.Option("--aug-smooth", help="Test-time augmentation smoothing (6 passes).", rich_help_panel=MODEL),
+    typer.Option(
+        "--aug-smooth", show_default="off", help="Test-time augmentation smoothing (6 passes).", rich_help_panel=MODEL
+    ),
 ]
 EigenSmooth = Annotated[
-    bool, typer.Option("--eigen-smooth", help="First principal component smoothing.", rich_help_panel=MODEL)
+    bool,
+    typer.Option(
+        "--eigen-smooth", show_default="off", help="First principal component smoothing.", rich_help_panel=MODEL
+    ),
 ]
 FastDecode = Annotated[
     bool,
     typer.Option(
         "--fast-decode",
+        show_default="off",
         help="Decode JPEGs at a reduced DCT scale (faster, not exact).",
         rich_help_panel=MODEL,
     ),
@@ -107,7 +118,28 @@ DicomWindow = Annotated[
         rich_help_panel=MODEL,
     ),
 ]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, tables or warnings on stderr.")]
+IgSteps = Annotated[
+    str,
+    typer.Option(
+        "--ig-steps", metavar="INT", help="Integrated Gradients: steps from the black baseline.", rich_help_panel=MODEL
+    ),
+]
+SgSamples = Annotated[
+    str, typer.Option("--sg-samples", metavar="INT", help="SmoothGrad: noisy copies per image.", rich_help_panel=MODEL)
+]
+OcclusionWindow = Annotated[
+    str | None,
+    typer.Option(
+        "--occlusion-window",
+        metavar="PX",
+        help="Occlusion: side of the occluded square (stride half of it).",
+        show_default="1/8 of the input's side",
+        rich_help_panel=MODEL,
+    ),
+]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", show_default="off", help="No progress, tables or warnings on stderr.")
+]
 DataRoot = Annotated[
     Path,
     typer.Option("--data-root", help="BTXRD data root (images/, Annotations/, dataset.csv).", rich_help_panel=DATA),
@@ -119,7 +151,7 @@ SplitsDir = Annotated[
 Split = Annotated[
     str | None,
     typer.Option(
-        help="stratified, center or a manifest CSV [default: from the checkpoint name].", rich_help_panel=DATA
+        help="stratified, center or a manifest CSV.", show_default="from the checkpoint name", rich_help_panel=DATA
     ),
 ]
 Subset = Annotated[str, typer.Option(help="train, val or test.", rich_help_panel=DATA)]
@@ -128,12 +160,17 @@ ForceOut = Annotated[
     bool,
     typer.Option(
         "--force-out",
+        show_default="off",
         help="Write even when --out lies inside the data or is an input's folder (no input file is overwritten).",
     ),
 ]
 NoCache = Annotated[
     bool,
-    typer.Option("--no-cache", help="Neither read nor write the explanation cache (<out>/.cache) of this folder."),
+    typer.Option(
+        "--no-cache",
+        show_default="off",
+        help="Neither read nor write the explanation cache (<out>/.cache) of this folder.",
+    ),
 ]
 Images = Annotated[
     bool, typer.Option("--images/--no-images", help="Write a small overlay per scored image to <out>/images/.")
@@ -222,7 +259,7 @@ def root(
 @app.command()
 def infer(
     inputs: Annotated[
-        list[str] | None, typer.Argument(help="Images, directories or globs [default: the split].")
+        list[str] | None, typer.Argument(help="Images, directories or globs.", show_default="the split")
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="jsonl, json or csv.")] = "jsonl",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write records here instead of stdout.")] = None,
@@ -230,6 +267,7 @@ def infer(
     ckpt: Ckpt = None,
     arch: Arch = None,
     class_names: ClassNames = None,
+    target_layer: TargetLayer = None,
     device: Device = "auto",
     batch_size: BatchSize = "16",
     workers: Workers = None,
@@ -260,7 +298,7 @@ def explain_image(
     force_out: ForceOut = False,
     alpha: Annotated[str, typer.Option(metavar="FLOAT", help="Heatmap opacity in (0, 1).")] = "0.4",
     save_heatmap: Annotated[
-        bool, typer.Option("--save-heatmap", help="Also write <stem>_cam.npy (model resolution).")
+        bool, typer.Option("--save-heatmap", show_default="off", help="Also write <stem>_cam.npy (model resolution).")
     ] = False,
     annotation: Annotated[Path | None, typer.Option(help="LabelMe JSON to outline and score against.")] = None,
     threshold: Annotated[str, typer.Option(metavar="FLOAT", help="CAM threshold for IoU in (0, 1).")] = "0.5",
@@ -280,6 +318,9 @@ def explain_image(
     eigen_smooth: EigenSmooth = False,
     fast_decode: FastDecode = False,
     dicom_window: DicomWindow = "file",
+    ig_steps: IgSteps = "32",
+    sg_samples: SgSamples = "16",
+    occlusion_window: OcclusionWindow = None,
     quiet: Quiet = False,
 ) -> None:
     """A heatmap overlay and prediction for any radiograph (JSONL on stdout)."""
@@ -315,6 +356,9 @@ def gallery(
     eigen_smooth: EigenSmooth = False,
     fast_decode: FastDecode = False,
     dicom_window: DicomWindow = "file",
+    ig_steps: IgSteps = "32",
+    sg_samples: SgSamples = "16",
+    occlusion_window: OcclusionWindow = None,
     data_root: DataRoot = Path("data_raw"),
     splits_dir: SplitsDir = Path("data/splits"),
     split: Split = None,
@@ -361,6 +405,9 @@ def annotate_iou(
     eigen_smooth: EigenSmooth = False,
     fast_decode: FastDecode = False,
     dicom_window: DicomWindow = "file",
+    ig_steps: IgSteps = "32",
+    sg_samples: SgSamples = "16",
+    occlusion_window: OcclusionWindow = None,
     data_root: DataRoot = Path("data_raw"),
     splits_dir: SplitsDir = Path("data/splits"),
     split: Split = None,
@@ -387,7 +434,7 @@ def annotate_iou(
 def compare(
     methods: Annotated[
         str,
-        typer.Option(help="Comma-separated CAM methods, or all [default: the 7 single-pass gradient methods]."),
+        typer.Option(help="Comma-separated CAM methods, or all.", show_default="the 7 single-pass gradient methods"),
     ] = ",".join(SINGLE_PASS_METHODS),
     layers: Annotated[
         str, typer.Option(help="Comma-separated layers, or auto (the target layer and the 3 stages before it).")
@@ -395,7 +442,7 @@ def compare(
     baselines: Annotated[str, typer.Option(help="uniform, centre, edges (comma-separated), all or none.")] = "all",
     reference: Annotated[
         str | None,
-        typer.Option(help="Configuration the others are compared with [default: gradcam at the target layer]."),
+        typer.Option(help="Configuration the others are compared with.", show_default="gradcam at the target layer"),
     ] = None,
     threshold: Annotated[
         str, typer.Option(help="A number in (0, 1), otsu, or tune (each configuration's own, picked on val).")
@@ -423,6 +470,9 @@ def compare(
     aug_smooth: AugSmooth = False,
     fast_decode: FastDecode = False,
     dicom_window: DicomWindow = "file",
+    ig_steps: IgSteps = "32",
+    sg_samples: SgSamples = "16",
+    occlusion_window: OcclusionWindow = None,
     data_root: DataRoot = Path("data_raw"),
     splits_dir: SplitsDir = Path("data/splits"),
     split: Split = None,
@@ -451,15 +501,15 @@ def compare(
 def evidence(
     methods: Annotated[
         str | None,
-        typer.Option(help="Comma-separated CAM methods, or all [default: --method, gradcam]."),
+        typer.Option(help="Comma-separated CAM methods, or all.", show_default="--method, gradcam"),
     ] = None,
     layers: Annotated[
         str | None,
-        typer.Option(help="Comma-separated layers, or auto (as compare) [default: the target layer]."),
+        typer.Option(help="Comma-separated layers, or auto (as compare).", show_default="the target layer"),
     ] = None,
     reference: Annotated[
         str | None,
-        typer.Option(help="Configuration the verdict names [default: gradcam at the target layer]."),
+        typer.Option(help="Configuration the verdict names.", show_default="gradcam at the target layer"),
     ] = None,
     fill: Annotated[
         str, typer.Option(help="How removed pixels are filled: impute (ROAD's imputation), blur or mean.")
@@ -495,6 +545,9 @@ def evidence(
     target: Target = "pred",
     fast_decode: FastDecode = False,
     dicom_window: DicomWindow = "file",
+    ig_steps: IgSteps = "32",
+    sg_samples: SgSamples = "16",
+    occlusion_window: OcclusionWindow = None,
     data_root: DataRoot = Path("data_raw"),
     splits_dir: SplitsDir = Path("data/splits"),
     split: Split = None,
@@ -546,6 +599,9 @@ def sanity(
     amp: Amp = False,
     fast_decode: FastDecode = False,
     dicom_window: DicomWindow = "file",
+    ig_steps: IgSteps = "32",
+    sg_samples: SgSamples = "16",
+    occlusion_window: OcclusionWindow = None,
     data_root: DataRoot = Path("data_raw"),
     splits_dir: SplitsDir = Path("data/splits"),
     split: Split = None,
@@ -598,10 +654,10 @@ def report(
         Path, typer.Argument(help="A results folder of gallery / annotate-iou / compare / sanity.")
     ] = Path("results/gradcam"),
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write the page here [default: RESULTS_DIR/report.html].")
+        Path | None, typer.Option("--output", "-o", help="Write the page here.", show_default="RESULTS_DIR/report.html")
     ] = None,
     self_contained: Annotated[
-        bool, typer.Option("--self-contained", help="Embed every image (base64): one file to send.")
+        bool, typer.Option("--self-contained", show_default="off", help="Embed every image (base64): one file to send.")
     ] = False,
     quiet: Quiet = False,
 ) -> None:

@@ -52,7 +52,7 @@ def open_engine(
         fast_decode=settings.fast_decode,
         configs=configs,
         dicom_window=settings.dicom_window,
-        layer_option=layer_option or "--target-layer",
+        layer_option=layer_option or ("--target-layer" if settings.target_layer else "the layer found automatically"),
         ig_steps=settings.ig_steps,
         sg_samples=settings.sg_samples,
         occlusion_window=settings.occlusion_window,

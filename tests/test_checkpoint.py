@@ -129,3 +129,75 @@ def test_target_layer_by_name_with_negative_index():
     assert get_layer(model, "stages.1.blocks")[0] == "stages.1.blocks"
     with pytest.raises(CheckpointError, match="--target-layer: 'stages.9' is not a layer"):
         get_layer(model, "stages.9")
+
+
+# ---- the checkpoint formats users hold ------------------------------------------------------------------------
+
+
+def _expect_same(ckpt, model):
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ckpt.model(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("prefix", ["model.", "net.", "model._orig_mod."])
+def test_a_lightning_checkpoint_loads_under_its_prefix_and_counts_what_it_left_aside(tmp_path, prefix):
+    model = make_tiny_model()
+    state = {f"{prefix}{k}": v for k, v in model.state_dict().items()}
+    state["criterion.weight"] = torch.ones(3)  # a loss's class weights, saved by Lightning beside the model
+    path = tmp_path / "epoch=3.ckpt"
+    torch.save({"state_dict": state, "pytorch-lightning_version": "2.4.0", "hyper_parameters": {"lr": 1e-3},
+                "epoch": 3, "global_step": 120}, path)  # fmt: skip
+    with pytest.raises(CheckpointError, match="this Lightning checkpoint does not name its architecture; pass --arch"):
+        load_checkpoint(path)
+    ckpt = load_checkpoint(path, arch=TINY_ARCH, class_names=["Normal", "Benign", "Malignant"])
+    _expect_same(ckpt, model)
+    assert ckpt.metadata["format"] == "Lightning" and any("1 checkpoint entries" in n for n in ckpt.notes)
+
+
+def test_a_timm_train_checkpoint_without_args_names_its_own_architecture(tmp_path):
+    model = make_tiny_model()
+    path = tmp_path / "model_best.pth.tar"
+    torch.save({"epoch": 9, "arch": TINY_ARCH, "state_dict": model.state_dict(), "version": 2, "metric": 0.9}, path)
+    ckpt = load_checkpoint(path)
+    _expect_same(ckpt, model)
+    assert ckpt.arch == TINY_ARCH and ckpt.class_names == ["Normal", "Benign", "Malignant"]
+    assert any("assuming Normal, Benign, Malignant" in note for note in ckpt.notes)
+
+
+def test_safetensors_and_torch_compile_prefixes_load(tmp_path):
+    from safetensors.torch import save_file
+
+    model = make_tiny_model()
+    path = tmp_path / "weights.safetensors"
+    save_file({f"_orig_mod.{k}": v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    ckpt = load_checkpoint(path, arch=TINY_ARCH, class_names=["Normal", "Benign", "Malignant"])
+    _expect_same(ckpt, model)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00" * 8)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_checkpoint(bad, arch=TINY_ARCH)
+
+
+def test_torchscript_and_whole_pickled_models_are_refused_with_how_to_resave(tmp_path):
+    model = make_tiny_model()
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.trace(model, torch.randn(1, 3, 64, 64)), scripted)
+    with pytest.raises(CheckpointError, match=r"TorchScript.*torch\.save\(model\.state_dict\(\)"):
+        load_checkpoint(scripted)
+    pickled = tmp_path / "whole.pt"
+    torch.save(model, pickled)
+    with pytest.raises(CheckpointError, match=r"whole pickled model.*torch\.save\(model\.state_dict\(\)"):
+        load_checkpoint(pickled)
+
+
+def test_arch_without_class_names_needs_three_outputs_and_says_what_it_assumed(tmp_path):
+    import timm
+
+    three, five = tmp_path / "three.pt", tmp_path / "five.pt"
+    torch.save(make_tiny_model().state_dict(), three)
+    torch.save(timm.create_model(TINY_ARCH, pretrained=False, num_classes=5).state_dict(), five)
+    ckpt = load_checkpoint(three, arch=TINY_ARCH)
+    assert ckpt.class_names == ["Normal", "Benign", "Malignant"] and ckpt.notes
+    with pytest.raises(CheckpointError, match="5 classes and no class names; pass --class-names"):
+        load_checkpoint(five, arch=TINY_ARCH)

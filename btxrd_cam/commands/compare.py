@@ -236,7 +236,12 @@ def run_compare(settings: CompareSettings) -> CompareOutcome:
     checkpoint = open_checkpoint(settings)
     layers = "auto" if settings.layers == "auto" else settings.layers
     configs, notes = resolve_configurations(settings.methods, layers, checkpoint)
-    engine = open_engine(settings, checkpoint, configs, layer_option="--layers" if layers != "auto" else None)
+    engine = open_engine(
+        settings,
+        checkpoint,
+        configs,
+        layer_option="--layers" if layers != "auto" else "the layers chosen automatically (auto)",
+    )
     names = [c.name for c in configs] + list(settings.baselines)
     default = f"{settings.method}@{checkpoint.target_layer_name}"
     reference, more_notes = resolve_reference(settings.reference, default, checkpoint, names)

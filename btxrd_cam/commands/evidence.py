@@ -448,7 +448,12 @@ def run_evidence(settings: EvidenceSettings) -> EvidenceOutcome:
     checkpoint = open_checkpoint(settings)
     methods = settings.methods or [settings.method]
     configs, notes = resolve_configurations(methods, settings.layers or [checkpoint.target_layer_name], checkpoint)
-    engine = open_engine(settings, checkpoint, configs, layer_option="--layers" if settings.layers else None)
+    engine = open_engine(
+        settings,
+        checkpoint,
+        configs,
+        layer_option="--layers" if settings.layers not in (None, "auto") else "the layers chosen automatically",
+    )
     names = [c.name for c in configs]
     reference, more = resolve_reference(
         settings.reference, f"{settings.method}@{checkpoint.target_layer_name}", checkpoint, names

@@ -22,7 +22,7 @@ import torch
 from btxrd_cam.checkpoint import Checkpoint, load_checkpoint
 from btxrd_cam.console import progress, sanity_table, show, warn
 from btxrd_cam.data import ImageItem
-from btxrd_cam.engine import CamConfig, Engine, restored_mode
+from btxrd_cam.engine import ATTRIBUTION, INPUT_LAYER, CamConfig, Engine, restored_mode
 from btxrd_cam.errors import UsageError, raise_if_interrupted
 from btxrd_cam.faithfulness import ROAD_PERCENTILES, road_combined
 from btxrd_cam.layers import get_layer, randomisation_steps
@@ -179,7 +179,7 @@ def run_sanity(settings: SanitySettings) -> SanityOutcome:
     checkpoint = open_checkpoint(settings)
     layer = checkpoint.target_layer_name
     methods = list(dict.fromkeys(settings.methods))
-    configs = [CamConfig(method, layer) for method in methods]
+    configs = [CamConfig(method, INPUT_LAYER if method in ATTRIBUTION else layer) for method in methods]
     other = _against(settings, checkpoint, layer) if settings.against else None
     engine = open_engine(settings, checkpoint, configs)
     items = load_split(settings, engine.class_names)
@@ -247,6 +247,9 @@ def run_sanity(settings: SanitySettings) -> SanityOutcome:
                 batch_size=settings.batch_size,
                 amp=settings.amp,
                 configs=configs,
+                ig_steps=settings.ig_steps,
+                sg_samples=settings.sg_samples,
+                occlusion_window=settings.occlusion_window,
             )
             maps = model_resolution_maps(stepped, tensors, classes, settings.batch_size)
             for method in methods:
@@ -281,14 +284,15 @@ def run_sanity(settings: SanitySettings) -> SanityOutcome:
     reproducibility = None
     if other is not None:
         other_checkpoint, other_layer = other
-        other_configs = [CamConfig(method, other_layer) for method in methods]
+        other_configs = [CamConfig(m, INPUT_LAYER if m in ATTRIBUTION else other_layer) for m in methods]
         other_engine = open_engine(settings, other_checkpoint, other_configs)
         theirs = model_resolution_maps(other_engine, tensors, classes, settings.batch_size)
         with torch.inference_mode():
             their_preds = [int(p) for p in other_engine.predict_tensors(tensors).argmax(1)]
         per_method = {}
         for method in methods:
-            summary = summarise(similarities(trained[method], theirs[f"{method}@{other_layer}"]), settings.seed)
+            theirs_name = f"{method}@{INPUT_LAYER if method in ATTRIBUTION else other_layer}"
+            summary = summarise(similarities(trained[method], theirs[theirs_name]), settings.seed)
             above = {
                 measure: None
                 if summary[measure]["mean"] is None or not reference[method][measure]["ci95"]
