@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
+# compare in the demo: the 7 single-pass CAMs (its default) and one pixel attribution beside them
+DEMO_METHODS := gradcam,hirescam,gradcam++,xgradcam,layercam,eigencam,eigengradcam,integrated-gradients
 
 .PHONY: install demo test lint bench fuzz clean
 
@@ -23,7 +25,7 @@ demo: install
 	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam gallery > /dev/null
 	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam annotate-iou > /dev/null
 	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam infer -q --metrics results/gradcam/metrics.json > /dev/null
-	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam compare > /dev/null
+	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam compare --methods $(DEMO_METHODS) > /dev/null
 	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam evidence > /dev/null
 	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam sanity > /dev/null
 	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam report > /dev/null

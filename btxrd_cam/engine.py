@@ -455,7 +455,7 @@ class Engine:
                     baselines=baseline,
                     target=chosen,
                     n_steps=self.ig_steps,
-                    internal_batch_size=max(self.ig_steps, self.batch_size),
+                    internal_batch_size=max(1, len(batch)),  # chunks of the batch's size: larger ones are slower on CPU
                 )
             elif config.method == "smoothgrad":
                 sigma = self.smoothgrad_sigma()
@@ -468,7 +468,7 @@ class Engine:
                                 batch[i : i + 1],
                                 nt_type="smoothgrad",
                                 nt_samples=self.sg_samples,
-                                nt_samples_batch_size=self.sg_samples,
+                                nt_samples_batch_size=min(self.sg_samples, self.batch_size),
                                 stdevs=sigma,
                                 target=chosen[i],
                                 abs=False,
