@@ -29,6 +29,7 @@ from btxrd_cam.settings import (
     ExplainSettings,
     GallerySettings,
     InferSettings,
+    MergeSettings,
     ReportSettings,
     SanitySettings,
     build_settings,
@@ -135,6 +136,40 @@ OcclusionWindow = Annotated[
         help="Occlusion: side of the occluded square (stride half of it).",
         show_default="1/8 of the input's side",
         rich_help_panel=MODEL,
+    ),
+]
+ShardOption = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        metavar="K/N",
+        help="Compute shard K of N (images at manifest positions ≡ K mod N) into <out>/shards/; then `merge`.",
+        rich_help_panel="Running (shards, Ray)",
+    ),
+]
+Executor = Annotated[
+    str,
+    typer.Option(
+        help="local, or ray: the run's shards on a Ray cluster (one actor per GPU, else per --ray-cpus CPUs).",
+        rich_help_panel="Running (shards, Ray)",
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="auto (a running cluster) or HOST:PORT.",
+        show_default="a local Ray started for the run",
+        rich_help_panel="Running (shards, Ray)",
+    ),
+]
+RayCpus = Annotated[
+    str,
+    typer.Option(
+        "--ray-cpus",
+        metavar="INT",
+        help="CPUs per Ray actor when the cluster has no GPU.",
+        rich_help_panel="Running (shards, Ray)",
     ),
 ]
 Quiet = Annotated[
@@ -278,6 +313,10 @@ def infer(
     splits_dir: SplitsDir = Path("data/splits"),
     split: Split = None,
     subset: Subset = "test",
+    shard: ShardOption = None,
+    executor: Executor = "local",
+    ray_address: RayAddress = None,
+    ray_cpus: RayCpus = "1",
     quiet: Quiet = False,
 ) -> None:
     """Batch predictions and metrics for a split or for images (JSONL on stdout)."""
@@ -363,6 +402,10 @@ def gallery(
     splits_dir: SplitsDir = Path("data/splits"),
     split: Split = None,
     subset: Subset = "test",
+    shard: ShardOption = None,
+    executor: Executor = "local",
+    ray_address: RayAddress = None,
+    ray_cpus: RayCpus = "1",
     quiet: Quiet = False,
 ) -> None:
     """Per-class grids of true-positive / false-positive / false-negative Grad-CAM examples."""
@@ -412,6 +455,10 @@ def annotate_iou(
     splits_dir: SplitsDir = Path("data/splits"),
     split: Split = None,
     subset: Subset = "test",
+    shard: ShardOption = None,
+    executor: Executor = "local",
+    ray_address: RayAddress = None,
+    ray_cpus: RayCpus = "1",
     quiet: Quiet = False,
 ) -> None:
     """How well the heatmaps agree with the LabelMe tumour outlines (JSON report on stdout)."""
@@ -477,6 +524,10 @@ def compare(
     splits_dir: SplitsDir = Path("data/splits"),
     split: Split = None,
     subset: Subset = "test",
+    shard: ShardOption = None,
+    executor: Executor = "local",
+    ray_address: RayAddress = None,
+    ray_cpus: RayCpus = "1",
     quiet: Quiet = False,
 ) -> None:
     """Every CAM method x layer, and chance baselines, against the annotations in one pass (JSON on stdout)."""
@@ -552,6 +603,10 @@ def evidence(
     splits_dir: SplitsDir = Path("data/splits"),
     split: Split = None,
     subset: Subset = "test",
+    shard: ShardOption = None,
+    executor: Executor = "local",
+    ray_address: RayAddress = None,
+    ray_cpus: RayCpus = "1",
     quiet: Quiet = False,
 ) -> None:
     """Does the prediction rest on the annotated lesion? Lesion removed vs an equal area elsewhere (JSON on stdout)."""
@@ -606,6 +661,10 @@ def sanity(
     splits_dir: SplitsDir = Path("data/splits"),
     split: Split = None,
     subset: Subset = "test",
+    shard: ShardOption = None,
+    executor: Executor = "local",
+    ray_address: RayAddress = None,
+    ray_cpus: RayCpus = "1",
     quiet: Quiet = False,
 ) -> None:
     """Do the maps depend on the model? Weight randomisation, ROAD faithfulness, reproducibility (JSON on stdout)."""
@@ -646,6 +705,28 @@ def audit(
         return _exit_code(failed, "image(s) or annotation(s)")
 
     _run(AuditSettings, values, action)
+
+
+@app.command()
+def merge(
+    out: Annotated[Path, typer.Argument(help="The --out of the sharded runs.")] = Path("results/gradcam"),
+    quiet: Quiet = False,
+) -> None:
+    """Put the shards under OUT/shards/ back together: the very files one unsharded run writes."""
+    values = {"out": out, "quiet": quiet}
+
+    def action(settings):
+        from btxrd_cam.commands.merge import run_merge
+
+        failed = 0
+        for merged in run_merge(settings):
+            text = getattr(merged.outcome, "text", None)
+            if text:
+                sys.stdout.write(text)
+            failed += merged.outcome.failed
+        return _exit_code(failed, "image(s) or annotation(s)")
+
+    _run(MergeSettings, values, action)
 
 
 @app.command()

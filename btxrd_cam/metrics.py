@@ -155,7 +155,8 @@ class SortedScores:
 def localization_metrics(
     cam: np.ndarray, mask: np.ndarray, threshold: float, sweep: tuple[float, ...] = ()
 ) -> dict[str, float | bool | None]:
-    """Every per-image agreement metric of one CAM against one mask at one threshold (+ IoU at `sweep`)."""
+    """Every per-image agreement metric of one CAM against one mask at one threshold (+ IoU, Dice and CAM area at
+    each `sweep` threshold)."""
     scores = SortedScores(cam, mask)
     metrics = {
         "iou": scores.iou(threshold),
@@ -166,8 +167,10 @@ def localization_metrics(
         "cam_area": scores.cam_area(threshold),
         "mask_area": scores.inside.size / scores.size if scores.size else 0.0,
     }
-    if sweep:
+    if sweep:  # IoU, Dice and CAM area at each sweep threshold: a threshold tuned later is a lookup, not a re-score
         metrics["sweep"] = [scores.iou(t) for t in sweep]
+        metrics["sweep_dice"] = [scores.dice(t) for t in sweep]
+        metrics["sweep_cam_area"] = [scores.cam_area(t) for t in sweep]
     return metrics
 
 

@@ -6,8 +6,10 @@ Not for: what a command keeps or draws from the results (infer.py, explain.py, g
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -289,3 +291,59 @@ def image_context(item: ImageItem, orig_size: tuple[int, int] | None) -> dict:
 
 def failure_record(item_id: str, path: Path | str, error: str) -> dict:
     return {"image_id": item_id, "path": str(path), "error": error}
+
+
+# ---- one run, one shard, or every shard on Ray -----------------------------------------------------------------
+
+COMMAND_MODULES = {
+    "annotate-iou": "btxrd_cam.commands.annotate",
+    "compare": "btxrd_cam.commands.compare",
+    "evidence": "btxrd_cam.commands.evidence",
+    "gallery": "btxrd_cam.commands.gallery",
+    "infer": "btxrd_cam.commands.infer",
+    "sanity": "btxrd_cam.commands.sanity",
+}
+
+
+def command_module(command: str):
+    """The module of a command that shards: it has make_engine(settings), examine(settings, engine, outputs, shard)
+    → Part, and finish(part, settings, outputs) → outcome."""
+    import importlib
+
+    return importlib.import_module(COMMAND_MODULES[command])
+
+
+@dataclass
+class ShardOutcome:
+    """What a shard run prints: the part it wrote (no summary, no figure: those come from `merge`)."""
+
+    text: str
+    failed: int
+    empty: bool = False
+
+
+def complete(command: str, settings, outputs):
+    """A command's whole road: `--executor ray` runs every shard on Ray and finishes here; `--shard K/N` examines
+    that shard and writes its part for `merge`; otherwise one part of everything, finished at once — the same
+    `finish` in every case."""
+    from btxrd_cam.shards import WHOLE, join, write_part
+
+    module = command_module(command)
+    if getattr(settings, "executor", "local") == "ray":
+        from btxrd_cam.executors import run_on_ray
+
+        return module.finish(join(run_on_ray(command, settings)), settings, outputs)
+    shard = getattr(settings, "shard", None)
+    part = module.examine(settings, module.make_engine(settings), outputs, shard or WHOLE)
+    if shard is None:
+        return module.finish(part, settings, outputs)
+    path = write_part(part, outputs.root)
+    failed = sum(1 for r in part.records if r.get("error"))
+    summary = {
+        "command": command,
+        "shard": shard.name,
+        "records": len(part.records),
+        "failed": failed,
+        "part": str(path),
+    }
+    return ShardOutcome(json.dumps(summary) + "\n", failed)

@@ -25,30 +25,33 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 
 
-def clean(value):
-    """Plain JSON types: numpy scalars/arrays unwrapped, floats rounded to 6 decimals, NaN → None."""
+def clean(value, digits: int | None = 6):
+    """Plain JSON types: numpy scalars/arrays unwrapped, floats rounded to `digits` decimals (None: exact, for
+    parts that are summarised later), NaN → None."""
     if isinstance(value, BaseModel):
-        return clean(value.model_dump())
+        return clean(value.model_dump(), digits)
     if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
+        return {str(k): clean(v, digits) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
+        return [clean(v, digits) for v in value]
     if isinstance(value, np.ndarray):
-        return clean(value.tolist())
+        return clean(value.tolist(), digits)
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)):
         value = float(value)
-        return None if math.isnan(value) or math.isinf(value) else round(value, 6)
+        if math.isnan(value) or math.isinf(value):
+            return None
+        return value if digits is None else round(value, digits)
     if isinstance(value, Path):
         return str(value)
     return value
 
 
-def to_json(value, indent: int | None = 2) -> str:
-    return json.dumps(clean(value), indent=indent, ensure_ascii=False, allow_nan=False) + "\n"
+def to_json(value, indent: int | None = 2, digits: int | None = 6) -> str:
+    return json.dumps(clean(value, digits), indent=indent, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def write_report(report: BaseModel | dict, path: Path) -> str:

@@ -266,14 +266,47 @@ class OutputSettings(BaseModel):
         return value
 
 
+def _shard(value):
+    from btxrd_cam.shards import parse_shard
+
+    if value is None or not isinstance(value, str):
+        return value
+    return parse_shard(value)
+
+
+class RunSettings(BaseModel):
+    """How a run is split and where it runs: `--shard K/N` (this process computes one shard, written under
+    <out>/shards/ for `merge`), or `--executor ray` (the shards run on a Ray cluster, then merge)."""
+
+    shard: Annotated[object | None, BeforeValidator(_shard)] = None
+    executor: Annotated[str, _choice("local", "ray")] = "local"
+    ray_address: str | None = None
+    ray_cpus: Annotated[int, _int_at_least(1)] = 1
+
+    @model_validator(mode="after")
+    def _one_way_to_split(self):
+        if self.shard is not None and self.executor == "ray":
+            raise ValueError("--shard: a shard runs by itself; --executor ray splits the run into its own shards")
+        return self
+
+    def part_settings(self) -> dict:
+        """The settings that determine the results, as JSON: what every shard of one run must share (how it runs —
+        shard, executor, device, threads, batch size, quiet, the cache — is left out)."""
+        excluded = {"shard", "executor", "ray_address", "ray_cpus", "quiet", "workers", "device", "no_cache",
+                    "force_out", "out"}  # fmt: skip
+        return self.model_dump(mode="json", exclude=excluded)
+
+
 class RegionSettings(BaseModel):
     """Which annotation shapes make a lesion's mask (see labelme.REGIONS)."""
 
     region: Annotated[str, _choice(*REGIONS)] = DEFAULT_REGION
 
 
-class InferSettings(ModelSettings, SplitSettings):
+class InferSettings(ModelSettings, SplitSettings, RunSettings):
     inputs: list[str] = []
+    out: Path = Path("results/gradcam")  # where a shard's part goes (infer writes nothing else there)
+    force_out: bool = False
     format: Annotated[str, _choice("jsonl", "json", "csv")] = "jsonl"
     output: Path | None = None
     metrics: Path | None = None
@@ -296,13 +329,13 @@ class ExplainSettings(ModelSettings, OutputSettings, RegionSettings):
         return value
 
 
-class GallerySettings(ModelSettings, SplitSettings, OutputSettings, RegionSettings):
+class GallerySettings(ModelSettings, SplitSettings, OutputSettings, RegionSettings, RunSettings):
     k: Count = 3
     no_cache: bool = False
     format: Annotated[str, _choice("png", "jpg")] = "png"
 
 
-class AnnotateSettings(ModelSettings, SplitSettings, OutputSettings, RegionSettings):
+class AnnotateSettings(ModelSettings, SplitSettings, OutputSettings, RegionSettings, RunSettings):
     threshold: Annotated[float | str, BeforeValidator(_threshold)] = 0.5
     select: Annotated[str, _choice("all", "correct")] = "all"
     top: Count = 5
@@ -342,7 +375,7 @@ def _layer_list(value):
     return "auto" if [i.lower() for i in items] == ["auto"] else items
 
 
-class CompareSettings(ModelSettings, SplitSettings, OutputSettings, RegionSettings):
+class CompareSettings(ModelSettings, SplitSettings, OutputSettings, RegionSettings, RunSettings):
     methods: Annotated[list[str], _names(METHOD_NAMES, "all")] = list(SINGLE_PASS_METHODS)
     layers: Annotated[str | list[str], BeforeValidator(_layer_list)] = "auto"
     baselines: Annotated[list[str], _names(BASELINE_NAMES, "all", "none")] = list(BASELINE_NAMES)
@@ -367,7 +400,7 @@ def _delta(value) -> float:
     return number
 
 
-class EvidenceSettings(ModelSettings, SplitSettings, OutputSettings, RegionSettings):
+class EvidenceSettings(ModelSettings, SplitSettings, OutputSettings, RegionSettings, RunSettings):
     methods: Annotated[list[str] | None, _names(METHOD_NAMES, "all")] = None  # None: --method only
     layers: Annotated[str | list[str] | None, BeforeValidator(_layer_list)] = None  # None: the target layer
     reference: str | None = None
@@ -385,7 +418,7 @@ class EvidenceSettings(ModelSettings, SplitSettings, OutputSettings, RegionSetti
 SANITY_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "eigencam")
 
 
-class SanitySettings(ModelSettings, SplitSettings, OutputSettings):
+class SanitySettings(ModelSettings, SplitSettings, OutputSettings, RunSettings):
     methods: Annotated[list[str], _names(METHOD_NAMES, "all")] = list(SANITY_METHODS)
     images: Count = 48
     order: Annotated[str, _choice("cascading", "independent")] = "cascading"
@@ -429,6 +462,20 @@ class AuditSettings(OutputSettings, RegionSettings):
     def _data_root(cls, value: Path) -> Path:
         if not value.is_dir():
             raise ValueError("no such directory (the BTXRD data root: images/, Annotations/, dataset.csv)")
+        return value
+
+
+class MergeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    out: Path = Path("results/gradcam")
+    quiet: bool = False
+
+    @field_validator("out")
+    @classmethod
+    def _is_folder(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError("no such directory (the --out of the sharded runs)")
         return value
 
 

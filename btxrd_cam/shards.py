@@ -1,7 +1,12 @@
 """Shards: which images a shard takes, and the partial results it leaves for `merge`.
 
-A run is split by position in the manifest: shard K of N takes the images at positions ≡ K (mod N) — stable
-whatever the number of workers, and the same images a shard of any later re-run takes. A shard computes what each
+A run is split by position in the manifest, batch by batch: the images the run explains are dealt out in batches of
+`--batch-size` consecutive images, and shard K of N takes the batches whose index is ≡ K (mod N) — stable whatever
+the number of workers, and the same images a shard of any later re-run takes. Whole batches, not single images:
+a model's floating-point results depend in their last bits on which images share its batch (measured: 1e-10 in the
+logits, enough to flip a pixel at a threshold), so only an image explained beside the same images gives the same
+numbers — and a merged report byte for byte the same as one run's. With `--batch-size 1` the dealing is image by
+image (positions ≡ K mod N). A shard computes what each
 of its images needs (the command's records, and the arrays its summary and figures use) and writes one *part* under
 `<out>/shards/<command>/`: `K-of-N.json` (schema version, command, settings, context, records) and `K-of-N.npz`
 (arrays), both atomically. No summary, no figure: those are computed from all the parts at merge time, by the very
@@ -39,9 +44,10 @@ class Shard:
     def name(self) -> str:
         return f"{self.index}-of-{self.count}"
 
-    def take(self, items: list) -> list:
-        """The items at positions ≡ index (mod count)."""
-        return items[self.index :: self.count]
+    def take(self, items: list, batch_size: int = 1) -> list:
+        """The shard's items: those of the batches (`batch_size` consecutive items) whose index ≡ index (mod count)."""
+        batches = [items[i : i + batch_size] for i in range(0, len(items), max(1, batch_size))]
+        return [item for b, batch in enumerate(batches) if b % self.count == self.index for item in batch]
 
 
 WHOLE = Shard(0, 1)
@@ -93,7 +99,9 @@ def write_part(part: Part, out: Path) -> Path:
     buffer = io.BytesIO()
     np.savez(buffer, **part.arrays)
     write_atomic(base.with_suffix(".npz"), buffer.getvalue())
-    return write_atomic(base.with_suffix(".json"), to_json(payload, indent=None))
+    return write_atomic(
+        base.with_suffix(".json"), to_json(payload, indent=None, digits=None)
+    )  # exact: summarised later
 
 
 def read_part(path: Path) -> Part:
@@ -147,7 +155,9 @@ def check_parts(parts: list[Part], paths: list[Path]) -> None:
         if part.shard.count != first.shard.count:
             problems.append(f"{path.name} is one of {part.shard.count} shards, {where} one of {first.shard.count}")
         if part.settings != first.settings:
-            keys = sorted(k for k in set(part.settings) | set(first.settings) if part.settings.get(k) != first.settings.get(k))
+            keys = sorted(
+                k for k in set(part.settings) | set(first.settings) if part.settings.get(k) != first.settings.get(k)
+            )
             problems.append(f"{path.name} was run with other settings than {where} ({', '.join(keys)})")
         if part.context.get("checkpoint", {}).get("sha256") != first.context.get("checkpoint", {}).get("sha256"):
             problems.append(f"{path.name} was run with another checkpoint than {where}")
