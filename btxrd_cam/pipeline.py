@@ -84,6 +84,12 @@ def annotated(items: list[ImageItem]) -> list[ImageItem]:
     return [it for it in items if it.annotation is not None]
 
 
+def with_positions(items: list[ImageItem]) -> list[tuple[int, ImageItem]]:
+    """(position, item): the position of each item in the list the engine explains — the order of the manifest,
+    by which shards are dealt and records are put back together."""
+    return list(enumerate(items))
+
+
 def load_tuning_items(settings: SplitSettings, class_names: list[str]) -> tuple[list[ImageItem], Path]:
     """The annotated images of the split's val subset, where `--threshold tune` tunes — never the images it
     scores; UsageError when there are none, or when val itself is to be scored. Returns (items, manifest)."""

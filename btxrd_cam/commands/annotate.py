@@ -33,6 +33,7 @@ from btxrd_cam.pipeline import (
     open_cache,
     open_engine,
     reread_most_confident,
+    with_positions,
 )
 from btxrd_cam.render import annotation_metrics_figure, comparison_figure, save_overlay
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
@@ -148,7 +149,7 @@ def tuning_records(engine: Engine, settings: AnnotateSettings, shard: Shard, cac
     """The shard's share of the val subset, scored for tuning: {position, label, pred, sweep} per image (val is
     split into shards like the scored subset, and merged the same way)."""
     val_items, _ = load_tuning_items(settings, engine.class_names)
-    chosen = shard.take(list(enumerate(val_items)), settings.batch_size)
+    chosen = shard.take(with_positions(val_items), settings.batch_size)
     scored = score_items(engine, [item for _, item in chosen], settings, 0.5, "tuning on val", cache=cache)
     return [
         {"position": position, "label": s.record["label"], "pred": s.record["pred"], "sweep": s.sweep}
@@ -205,9 +206,7 @@ def examine(settings: AnnotateSettings, engine: Engine, outputs, shard: Shard = 
     cache = open_cache(settings, engine)
     val = tuning_records(engine, settings, shard, cache) if settings.threshold == "tune" else []
     threshold = 0.5 if settings.threshold == "tune" else settings.threshold  # tune: filled in from the sweeps
-    chosen = shard.take(
-        [(position, item) for position, item in enumerate(items) if item.annotation], settings.batch_size
-    )
+    chosen = shard.take(with_positions(annotated(items)), settings.batch_size)
     overlays = outputs.path(overlay_folder("annotate-iou")) if settings.images else None
     scored = score_items(engine, [item for _, item in chosen], settings, threshold, "scoring", overlays, cache)
     records = [{**s.record, "position": position} for (position, _), s in zip(chosen, scored, strict=True)]

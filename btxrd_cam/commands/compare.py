@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from btxrd_cam.console import comparison_table, show, warn
-from btxrd_cam.data import ImageItem, resize_for_model
+from btxrd_cam.data import ImageItem, manifest_path, resize_for_model
 from btxrd_cam.engine import Engine, Explanation
 from btxrd_cam.errors import UsageError
 from btxrd_cam.labelme import rasterize_annotation, read_labelme
@@ -24,6 +24,7 @@ from btxrd_cam.outputs import COMPARISON_REPORT, OVERLAY_LONG_SIDE, output_folde
 from btxrd_cam.pipeline import (
     annotated,
     checkpoint_info,
+    complete,
     explain_and_score,
     image_context,
     load_split,
@@ -34,11 +35,13 @@ from btxrd_cam.pipeline import (
     reread_most_confident,
     resolve_configurations,
     resolve_reference,
+    with_positions,
 )
 from btxrd_cam.render import comparison_grid, forest_plot, save_overlay
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
 from btxrd_cam.scoring import annotation_mask, score_map
 from btxrd_cam.settings import CompareSettings
+from btxrd_cam.shards import WHOLE, Part, Shard
 from btxrd_cam.statistics import breakdowns as group_breakdowns
 from btxrd_cam.statistics import mean_ci, paired_bootstrap
 
@@ -118,7 +121,7 @@ def score_configurations(
     maps += [(name, lambda name=name: baseline_map(name, size, result.model_pixels)) for name in settings.baselines]
     for name, make in maps:
         scores = score_map(make(), mask, thresholds[name], sweep=SWEEP_THRESHOLDS if sweep else ())
-        sweeps[name] = scores.pop("sweep", None)
+        sweeps[name] = {key: scores.pop(key, None) for key in SWEEPS}
         metrics[name] = scores
     record["metrics"] = metrics
     record.update(region_used=annotation.region_used, lesions=annotation.lesions)
@@ -138,26 +141,37 @@ def score_configurations(
     return Scored(record, item, result.maps, sweeps if sweep else None)
 
 
-def tune_thresholds(engine: Engine, settings: CompareSettings, names: list[str]) -> tuple[dict, dict]:
-    """Each configuration's sweep threshold with the highest mean IoU on the split's val subset — never on the
-    images it scores (CheXlocalize tunes per task the same way). Returns (thresholds, tuning info)."""
-    val_items, manifest = load_tuning_items(settings, engine.class_names)
+def tuning_records(engine: Engine, settings: CompareSettings, names: list[str], shard: Shard, cache) -> list[dict]:
+    """The shard's share of the val subset scored for tuning: {position, sweeps: {name: IoU per threshold}}."""
+    val_items, _ = load_tuning_items(settings, engine.class_names)
+    chosen = shard.take(with_positions(val_items), settings.batch_size)
     scored = explain_and_score(
         engine,
-        val_items,
+        [item for _, item in chosen],
         lambda result: score_configurations(result, engine, settings, dict.fromkeys(names, 0.5), sweep=True),
         lambda result, reason: failed_image(result, engine.class_names, reason),
         target=settings.target,
         quiet=settings.quiet,
         description="tuning on val",
-        cache=open_cache(settings, engine),
+        cache=cache,
     )
-    usable = [s for s in scored if s.sweeps is not None]
+    return [
+        {"position": position, "sweeps": {name: s.sweeps[name]["sweep"] for name in names}}
+        for (position, _), s in zip(chosen, scored, strict=True)
+        if s.sweeps is not None
+    ]
+
+
+def tune(val: list[dict], settings: CompareSettings, names: list[str]) -> tuple[dict, dict]:
+    """Each configuration's sweep threshold with the highest mean IoU on the val records — never on the images it
+    scores (CheXlocalize tunes per task the same way). Returns (thresholds, tuning info)."""
+    usable = sorted(val, key=lambda v: v["position"])
     if not usable:
+        manifest = manifest_path(settings.splits_dir, settings.split, "val")
         raise UsageError(f"--threshold: no usable annotated image in {manifest} to tune on")
     thresholds, best_iou = {}, {}
     for name in names:
-        means = np.mean([s.sweeps[name] for s in usable], axis=0)
+        means = np.mean([v["sweeps"][name] for v in usable], axis=0)
         best = int(np.argmax(means))  # the lowest threshold among equals
         thresholds[name], best_iou[name] = SWEEP_THRESHOLDS[best], float(means[best])
     info = {"tuned_on": f"{settings.split}/val", "images": len(usable), "mean_iou_on_val": best_iou}
@@ -212,63 +226,132 @@ def rank(summary: dict, metric: str) -> list[str]:
     return sorted(summary, key=lambda n: (summary[n][metric]["mean"] is None, -(summary[n][metric]["mean"] or 0), n))
 
 
-def _grid_rows(scored: list[Scored], columns: list[str], settings: CompareSettings, model_size: int) -> list[dict]:
-    """The `--top` most confident correctly classified scored images, re-read for drawing only, with each
-    column's map at the thumbnail's size."""
+def figure_candidates(records: list[dict], settings: CompareSettings) -> list[dict]:
+    """The `--top` most confident correctly classified evaluated records (ties by image id): the grid's rows — and,
+    per shard, the only ones whose maps a part keeps."""
+    correct = [r for r in records if r["metrics"] is not None and r["pred"] == r["label"]]
+    return sorted(correct, key=lambda r: (-r["confidence"], r["image_id"]))[: settings.top]
+
+
+def _grid_rows(records: list[dict], part: Part, columns: list[str], settings: CompareSettings) -> list[dict]:
+    """The grid's images, re-read for drawing only, with each column's map at the thumbnail's size."""
+    context = part.context
+    names = [c["name"] for c in context["configurations"]]
+    items = {item.image_id: item for item in load_split(settings, context["checkpoint"]["class_names"])}
+    candidates = []
+    for record in figure_candidates(records, settings):
+        maps = {name: part.arrays[f"map_{record['position']}_{j}"] for j, name in enumerate(names)
+                if f"map_{record['position']}_{j}" in part.arrays}  # fmt: skip
+        candidates.append(Scored(record, items[record["image_id"]], maps, None))
     rows = []
-    usable = [s for s in scored if s.maps is not None]
-    drawn = reread_most_confident(usable, settings.top, settings.quiet, "the grid", GRID_LONG_SIDE, settings.region)
+    drawn = reread_most_confident(candidates, settings.top, settings.quiet, "the grid", GRID_LONG_SIDE, settings.region)
     for s, small, mask in drawn:
         panels = []
         for name in columns:
             if name in s.maps:
                 shown = upsample_cam(s.maps[name], small.shape[:2])
             else:
-                shown = baseline_map(name, small.shape[:2], resize_for_model(small, model_size))
+                shown = baseline_map(name, small.shape[:2], resize_for_model(small, context["image_size"]))
             panels.append({"name": name, "map": shown, "pxap": s.record["metrics"][name]["pxap"]})
         title = f"{s.item.image_id}\n{s.record['label']} p={s.record['confidence']:.2f}"
         rows.append({"pixels": small, "mask": mask, "panels": panels, "title": title})
     return rows
 
 
-def run_compare(settings: CompareSettings) -> CompareOutcome:
-    outputs = output_folder(settings)
+def make_engine(settings: CompareSettings) -> Engine:
+    """The engine of every configuration `--methods` × `--layers` asks for (repeats and costs noted on stderr)."""
     checkpoint = open_checkpoint(settings)
     layers = "auto" if settings.layers == "auto" else settings.layers
     configs, notes = resolve_configurations(settings.methods, layers, checkpoint)
-    engine = open_engine(
-        settings,
-        checkpoint,
-        configs,
-        layer_option="--layers" if layers != "auto" else "the layers chosen automatically (auto)",
-    )
+    for note in notes:
+        warn(note, settings.quiet)
+    option = "--layers" if layers != "auto" else "the layers chosen automatically (auto)"
+    return open_engine(settings, checkpoint, configs, layer_option=option)
+
+
+SWEEPS = ("sweep", "sweep_dice", "sweep_cam_area")
+
+
+def examine(settings: CompareSettings, engine: Engine, outputs, shard: Shard = WHOLE) -> Part:
+    """Score every configuration and baseline on the shard's annotated images (the reference's overlays drawn as
+    it goes): the part `finish` summarises."""
+    configs = engine.configs
     names = [c.name for c in configs] + list(settings.baselines)
-    default = f"{settings.method}@{checkpoint.target_layer_name}"
-    reference, more_notes = resolve_reference(settings.reference, default, checkpoint, names)
-    for note in notes + more_notes:
+    default = f"{settings.method}@{engine.checkpoint.target_layer_name}"
+    reference, notes = resolve_reference(settings.reference, default, engine.checkpoint, names)
+    for note in notes:
         warn(note, settings.quiet)
     items = load_split(settings, engine.class_names)
-    if settings.threshold == "tune":
-        thresholds, tuning = tune_thresholds(engine, settings, names)
-    else:
-        thresholds, tuning = dict.fromkeys(names, settings.threshold), None
-    to_score = annotated(items)
+    cache = open_cache(settings, engine)
+    tuning = settings.threshold == "tune"
+    val = tuning_records(engine, settings, names, shard, cache) if tuning else []
+    thresholds = dict.fromkeys(names, 0.5 if tuning else settings.threshold)  # tune: filled in from the sweeps
+    chosen = shard.take(with_positions(annotated(items)), settings.batch_size)
     overlay = (outputs.path(overlay_folder("compare", reference)), reference) if settings.images else None
     scored = explain_and_score(
         engine,
-        to_score,
-        lambda result: score_configurations(result, engine, settings, thresholds, overlay=overlay),
+        [item for _, item in chosen],
+        lambda result: score_configurations(result, engine, settings, thresholds, sweep=tuning, overlay=overlay),
         lambda result, reason: failed_image(result, engine.class_names, reason),
         target=settings.target,
         quiet=settings.quiet,
         description=f"comparing {len(names)} configurations",
         thumbnail=OVERLAY_LONG_SIDE if overlay else None,
-        cache=open_cache(settings, engine),
+        cache=cache,
     )
-    failed = [s.record for s in scored if s.record["error"] is not None]
-    evaluated = [s for s in scored if s.record["error"] is None and not s.excluded]
-    records = [s.record for s in evaluated]
-    summary = summarize(records, names)
+    records = [{**s.record, "position": p, "excluded": s.excluded} for (p, _), s in zip(chosen, scored, strict=True)]
+    arrays = {}
+    if tuning:  # every configuration's IoU, Dice and CAM area at each sweep threshold, a row per record
+        empty = np.full((len(SWEEP_THRESHOLDS),), np.nan)
+        for j, name in enumerate(names):
+            for key in SWEEPS:
+                rows = [s.sweeps[name][key] if s.sweeps else empty for s in scored]
+                arrays[f"r_{key}_{j}"] = np.asarray(rows, np.float64).reshape(len(scored), len(SWEEP_THRESHOLDS))
+    candidates = {r["position"] for r in figure_candidates([r for r in records if not r["excluded"]], settings)}
+    for record, s in zip(records, scored, strict=True):  # the shard's grid candidates' maps
+        if record["position"] in candidates and s.maps is not None:
+            for j, config in enumerate(configs):
+                arrays[f"map_{record['position']}_{j}"] = s.maps[config.name]
+    context = {
+        "checkpoint": checkpoint_info(engine),
+        "configurations": [
+            {"name": c.name, "method": c.method, "layer": c.layer, "grid": list(engine.grids[c.layer])} for c in configs
+        ],
+        "reference": reference,
+        "image_size": engine.checkpoint.image_size,
+        "images_in_split": len(items),
+        "annotated_images": len(annotated(items)),
+    }
+    return Part("compare", settings.part_settings(), context, records, arrays, {"val": val}, shard)
+
+
+def finish(part: Part, settings: CompareSettings, outputs) -> CompareOutcome:
+    """The report of a part — one run's, or the shards' joined — with its figures: a pure function of the part."""
+    context = part.context
+    configs = context["configurations"]
+    names = [c["name"] for c in configs] + list(settings.baselines)
+    reference = context["reference"]
+    if settings.threshold == "tune":
+        thresholds, tuning = tune(part.extra.get("val", []), settings, names)
+    else:
+        thresholds, tuning = dict.fromkeys(names, settings.threshold), None
+    records = [dict(r) for r in part.records]
+    if tuning:  # each configuration's threshold-dependent metrics at its tuned threshold, from its sweep
+        for i, record in enumerate(records):
+            if record["metrics"] is None:
+                continue
+            record["metrics"] = {name: dict(values) for name, values in record["metrics"].items()}
+            for j, name in enumerate(names):
+                at = SWEEP_THRESHOLDS.index(thresholds[name])
+                record["metrics"][name].update(
+                    iou=float(part.arrays[f"r_sweep_{j}"][i, at]),
+                    dice=float(part.arrays[f"r_sweep_dice_{j}"][i, at]),
+                    cam_area=float(part.arrays[f"r_sweep_cam_area_{j}"][i, at]),
+                )
+    failed = [_public(r) for r in records if r["error"] is not None]
+    kept = [r for r in records if r["error"] is None and not r["excluded"]]
+    evaluated = [_public(r) for r in kept]
+    summary = summarize(evaluated, names)
     ranking = rank(summary, settings.rank_by)
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -288,10 +371,8 @@ def run_compare(settings: CompareSettings) -> CompareOutcome:
             "data_root": str(settings.data_root),
             "splits_dir": str(settings.splits_dir),
         },
-        "checkpoint": checkpoint_info(engine),
-        "configurations": [
-            {"name": c.name, "method": c.method, "layer": c.layer, "grid": list(engine.grids[c.layer])} for c in configs
-        ]
+        "checkpoint": context["checkpoint"],
+        "configurations": configs
         + [{"name": b, "method": None, "layer": None, "grid": None} for b in settings.baselines],
         "reference": reference,
         "threshold": {
@@ -300,23 +381,36 @@ def run_compare(settings: CompareSettings) -> CompareOutcome:
             "tuning": tuning,
         },
         "thresholds": thresholds if tuning else None,
-        "images_in_split": len(items),
-        "annotated_images": len(to_score),
-        "evaluated": len(records),
-        "excluded_by_select": sum(s.excluded for s in scored),
+        "images_in_split": context["images_in_split"],
+        "annotated_images": context["annotated_images"],
+        "evaluated": len(evaluated),
+        "excluded_by_select": sum(1 for r in records if r["error"] is None and r["excluded"]),
         "summary": summary,
-        "paired": paired_differences(records, names, reference) if records else {},
+        "paired": paired_differences(evaluated, names, reference) if evaluated else {},
         "ranking": ranking,
-        "breakdowns": breakdowns(records, names) if records else {},
-        "records": records,
+        "breakdowns": breakdowns(evaluated, names) if evaluated else {},
+        "records": evaluated,
         "failed": failed,
     }
     text = write_report(report, outputs.path(COMPARISON_REPORT))
-    if to_score:
+    if context["annotated_images"]:
         forest_plot(report, FOREST_METRICS, outputs.path(FOREST_NAME))
         cams = [n for n in ranking if n != reference and n not in settings.baselines][:GRID_CONFIGURATIONS]
         columns = [reference, *cams] + (["centre"] if "centre" in names and reference != "centre" else [])
-        rows = _grid_rows(evaluated, columns, settings, engine.checkpoint.image_size)
-        comparison_grid(rows, columns, outputs.path(GRID_NAME))
+        comparison_grid(_grid_rows(kept, part, columns, settings), columns, outputs.path(GRID_NAME))
     show(comparison_table(report, settings.rank_by), settings.quiet)
-    return CompareOutcome(report, text, len(failed), empty=not to_score)
+    return CompareOutcome(report, text, len(failed), empty=not context["annotated_images"])
+
+
+def _baseline_row(name: str) -> dict:
+    return {"name": name, "method": None, "layer": None, "grid": None}
+
+
+def _public(record: dict) -> dict:
+    """A record as the report holds it (without its place in the run)."""
+    return {k: v for k, v in record.items() if k not in ("position", "excluded")}
+
+
+def run_compare(settings: CompareSettings) -> CompareOutcome:
+    """One run: examine every image (or this shard's, for `merge`; or every shard on Ray), then finish."""
+    return complete("compare", settings, output_folder(settings))
