@@ -40,6 +40,7 @@ from btxrd_cam.outputs import EVIDENCE_REPORT, output_folder
 from btxrd_cam.pipeline import (
     annotated,
     checkpoint_info,
+    complete,
     explain_items,
     image_context,
     load_split,
@@ -48,10 +49,12 @@ from btxrd_cam.pipeline import (
     open_engine,
     resolve_configurations,
     resolve_reference,
+    with_positions,
 )
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
 from btxrd_cam.scoring import annotation_mask
 from btxrd_cam.settings import EvidenceSettings
+from btxrd_cam.shards import WHOLE, Part, Shard
 from btxrd_cam.statistics import bootstrap_ci, breakdowns, mean_ci, paired_bootstrap
 
 FIGURE_NAME = "evidence.png"
@@ -441,29 +444,79 @@ def examine_items(
     return records
 
 
-def run_evidence(settings: EvidenceSettings) -> EvidenceOutcome:
-    from btxrd_cam.render import evidence_examples, evidence_figure
-
-    outputs = output_folder(settings)
+def make_engine(settings: EvidenceSettings) -> Engine:
+    """The engine of the configurations asked for (by default the reference configuration only)."""
     checkpoint = open_checkpoint(settings)
     methods = settings.methods or [settings.method]
     configs, notes = resolve_configurations(methods, settings.layers or [checkpoint.target_layer_name], checkpoint)
-    engine = open_engine(
-        settings,
-        checkpoint,
-        configs,
-        layer_option="--layers" if settings.layers not in (None, "auto") else "the layers chosen automatically",
-    )
-    names = [c.name for c in configs]
-    reference, more = resolve_reference(
-        settings.reference, f"{settings.method}@{checkpoint.target_layer_name}", checkpoint, names
-    )
-    for note in notes + more:
+    for note in notes:
+        warn(note, settings.quiet)
+    option = "--layers" if settings.layers not in (None, "auto") else "the layers chosen automatically"
+    return open_engine(settings, checkpoint, configs, layer_option=option)
+
+
+def examine(settings: EvidenceSettings, engine: Engine, outputs, shard: Shard = WHOLE) -> Part:
+    """Every copy of the shard's annotated images through the model: the part `finish` summarises (with the
+    shard's candidates for the examples figure)."""
+    checkpoint = engine.checkpoint
+    names = [c.name for c in engine.configs]
+    default = f"{settings.method}@{checkpoint.target_layer_name}"
+    reference, notes = resolve_reference(settings.reference, default, checkpoint, names)
+    for note in notes:
         warn(note, settings.quiet)
     items = load_split(settings, engine.class_names)
-    to_examine = annotated(items)
+    chosen = shard.take(with_positions(annotated(items)), settings.batch_size)
     examples = _Examples(settings.top, reference, checkpoint.mean, checkpoint.std)
-    records = examine_items(engine, to_examine, settings, names, examples, open_cache(settings, engine))
+    records = examine_items(
+        engine, [item for _, item in chosen], settings, names, examples, open_cache(settings, engine)
+    )
+    records = [{**record, "position": position} for (position, _), record in zip(chosen, records, strict=True)]
+    arrays, candidates = {}, []
+    by_id = {r["image_id"]: r["position"] for r in records}
+    for key, row in examples.kept:
+        position = by_id[key[1]]
+        for k, (_, pixels, _) in enumerate(row["panels"]):
+            arrays[f"ex_{position}_panel_{k}"] = pixels
+        for mask in ("lesion", "control", "cam_region"):
+            if row[mask] is not None:
+                arrays[f"ex_{position}_{mask}"] = row[mask]
+        panels = [[name, p] for name, _, p in row["panels"]]
+        candidates.append({"position": position, "key": list(key), "title": row["title"], "panels": panels})
+    context = {
+        "checkpoint": checkpoint_info(engine),
+        "names": names,
+        "methods": settings.methods or [settings.method],
+        "reference": reference,
+        "images_in_split": len(items),
+        "annotated_images": len(annotated(items)),
+    }
+    return Part("evidence", settings.part_settings(), context, records, arrays, {"examples": candidates}, shard)
+
+
+def _example_rows(part: Part, top: int) -> list[dict]:
+    """The examples figure's rows: the `top` most confident correct images of all the shards' candidates."""
+    chosen = sorted(part.extra.get("examples", []), key=lambda c: (c["key"][0], c["key"][1]))[:top]
+    rows = []
+    for candidate in chosen:
+        position = candidate["position"]
+        panels = [(name, part.arrays[f"ex_{position}_panel_{k}"], p) for k, (name, p) in enumerate(candidate["panels"])]
+        rows.append(
+            {
+                "title": candidate["title"],
+                "panels": panels,
+                **{mask: part.arrays.get(f"ex_{position}_{mask}") for mask in ("lesion", "control", "cam_region")},
+            }
+        )
+    return rows
+
+
+def finish(part: Part, settings: EvidenceSettings, outputs) -> EvidenceOutcome:
+    """The report of a part — one run's, or the shards' joined — with its figures: a pure function of the part."""
+    from btxrd_cam.render import evidence_examples, evidence_figure
+
+    context = part.context
+    names, reference = context["names"], context["reference"]
+    records = [{k: v for k, v in r.items() if k != "position"} for r in part.records]
     failed = [r for r in records if r["error"] is not None]
     evaluated = [r for r in records if r["error"] is None and _selected(r, settings.select)]
     summary, configurations, groups = summarise(evaluated, names)
@@ -473,7 +526,7 @@ def run_evidence(settings: EvidenceSettings) -> EvidenceOutcome:
         "settings": {
             "split": settings.split,
             "subset": settings.subset,
-            "methods": methods,
+            "methods": context["methods"],
             "layers": settings.layers,
             "reference": reference,
             "fill": settings.fill,
@@ -488,13 +541,13 @@ def run_evidence(settings: EvidenceSettings) -> EvidenceOutcome:
             "data_root": str(settings.data_root),
             "splits_dir": str(settings.splits_dir),
         },
-        "checkpoint": checkpoint_info(engine),
+        "checkpoint": context["checkpoint"],
         "fill": fill_description(settings.fill),
         "target": settings.target,
         "delta": settings.delta,
         "reference": reference,
-        "images_in_split": len(items),
-        "annotated_images": len(to_examine),
+        "images_in_split": context["images_in_split"],
+        "annotated_images": context["annotated_images"],
         "evaluated": len(evaluated),
         "excluded_by_select": len(records) - len(failed) - len(evaluated),
         "summary": summary,
@@ -505,12 +558,17 @@ def run_evidence(settings: EvidenceSettings) -> EvidenceOutcome:
         "failed": failed,
     }
     text = write_report(report, outputs.path(EVIDENCE_REPORT))
-    if to_examine:
+    if context["annotated_images"]:
         evidence_figure(report, names, outputs.path(FIGURE_NAME))
-        evidence_examples(examples.rows(), outputs.path(EXAMPLES_NAME))
+        evidence_examples(_example_rows(part, settings.top), outputs.path(EXAMPLES_NAME))
     if report["verdict"]:
         show(f"[bold]evidence:[/] {report['verdict']}", settings.quiet)
-    return EvidenceOutcome(report, text, len(failed), empty=not to_examine)
+    return EvidenceOutcome(report, text, len(failed), empty=not context["annotated_images"])
+
+
+def run_evidence(settings: EvidenceSettings) -> EvidenceOutcome:
+    """One run: examine every image (or this shard's, for `merge`; or every shard on Ray), then finish."""
+    return complete("evidence", settings, output_folder(settings))
 
 
 def fill_description(fill: str) -> dict:
