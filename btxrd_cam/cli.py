@@ -299,6 +299,9 @@ def infer(
     fmt: Annotated[str, typer.Option("--format", help="jsonl, json or csv.")] = "jsonl",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write records here instead of stdout.")] = None,
     metrics: Annotated[Path | None, typer.Option(help="Write the metrics summary (JSON) here.")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-O", help="Where a shard's part goes (<out>/shards/infer/; with --shard).")
+    ] = Path("results/gradcam"),
     ckpt: Ckpt = None,
     arch: Arch = None,
     class_names: ClassNames = None,

@@ -11,21 +11,24 @@ import numpy as np
 
 from btxrd_cam.console import warn
 from btxrd_cam.data import load_image
-from btxrd_cam.engine import Explanation
+from btxrd_cam.engine import Engine
 from btxrd_cam.errors import UsageError, per_image
 from btxrd_cam.labelme import rasterize_annotation
 from btxrd_cam.outputs import GALLERY_REPORT, output_folder, safe_name
 from btxrd_cam.pipeline import (
     checkpoint_info,
+    complete,
     explain_items,
     failure_record,
     load_split,
     open_cache,
     open_engine,
+    with_positions,
 )
 from btxrd_cam.render import Cell, gallery_figure, thumbnail_overlay
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
 from btxrd_cam.settings import GallerySettings
+from btxrd_cam.shards import WHOLE, Part, Shard
 
 CATEGORIES = ("TP", "FP", "FN")
 ROW_LABELS = {"TP": "true positives", "FP": "false positives", "FN": "false negatives"}
@@ -55,7 +58,7 @@ def select_examples(
     return {name: rows[:k] for name, rows in full.items()}, {name: len(rows) for name, rows in full.items()}
 
 
-def _thumbnail(result: Explanation, quiet: bool, region: str) -> np.ndarray | None:
+def _thumbnail(result, quiet: bool, region: str) -> np.ndarray | None:
     """The overlay thumbnail (with the annotation outline where one exists); None, with a warning, when the image
     cannot be read again; drawn without its outline when the annotation cannot be used."""
 
@@ -73,57 +76,103 @@ def _thumbnail(result: Explanation, quiet: bool, region: str) -> np.ndarray | No
     return per_image(draw, lambda reason: warn(f"{reason} (left out of the gallery)", quiet), result.item.path)
 
 
-def run_gallery(settings: GallerySettings) -> GalleryOutcome:
-    outputs = output_folder(settings)
-    engine = open_engine(settings)
+def make_engine(settings: GallerySettings) -> Engine:
+    return open_engine(settings)
+
+
+def _selections(records: list[dict], names: list[str], k: int) -> tuple[list[dict], dict]:
+    """The records that can be selected (explained, labelled) and, per class, the selection and the counts."""
+    ok = [r for r in records if r["error"] is None]
+    labels = np.array([names.index(r["label"]) for r in ok], dtype=int)
+    preds = np.array([r["pred"] for r in ok], dtype=int)
+    probs = np.array([r["probs"] for r in ok], dtype=np.float64).reshape(len(ok), len(names))
+    ids = [r["image_id"] for r in ok]
+    return ok, {c: select_examples(labels, preds, probs, ids, c, k) for c in range(len(names))}
+
+
+def examine(settings: GallerySettings, engine: Engine, outputs, shard: Shard = WHOLE) -> Part:
+    """Explain the shard's images: a record each, and the maps of the images the shard itself would select (the
+    gallery's cells are among them, whichever shards the others are in)."""
     names = engine.class_names
     items = load_split(settings, names)
     if not items:
         raise UsageError(f"--split: the {settings.split}/{settings.subset} split has no images")
-    cache = open_cache(settings, engine)
+    chosen = shard.take(with_positions(items), settings.batch_size)
     results = explain_items(
-        engine, items, target=settings.target, quiet=settings.quiet, description="explaining", cache=cache
+        engine,
+        [item for _, item in chosen],
+        target=settings.target,
+        quiet=settings.quiet,
+        description="explaining",
+        cache=open_cache(settings, engine),
     )
-    for result in results:
-        if result.ok and result.item.label is None:
-            result.error = "no label for this image in the manifest or dataset.csv"
-    ok = [r for r in results if r.ok]
-    failed = [failure_record(r.item.image_id, r.item.path, r.error) for r in results if not r.ok]
-    labels = np.array([names.index(r.item.label) for r in ok], dtype=int)
-    preds = np.array([r.pred for r in ok], dtype=int)
-    probs = np.array([r.probs for r in ok], dtype=np.float64).reshape(len(ok), len(names))
-    ids = [r.item.image_id for r in ok]
+    records, maps = [], {}
+    for (position, item), result in zip(chosen, results, strict=True):
+        error = result.error
+        if result.ok and item.label is None:
+            error = "no label for this image in the manifest or dataset.csv"
+        explained = result.ok and error is None
+        records.append(
+            {
+                "position": position,
+                "image_id": item.image_id,
+                "path": str(item.path),
+                "label": item.label,
+                "pred": result.pred if explained else None,
+                "target": result.target if explained else None,
+                "probs": [float(p) for p in result.probs] if explained else None,
+                "error": error,
+            }
+        )
+        if explained:
+            maps[position] = result.cam
+    ok, selections = _selections(records, names, settings.k)
+    wanted = {ok[i]["position"] for chosen_, _ in selections.values() for rows in chosen_.values() for i in rows}
+    arrays = {f"cam_{position}": maps[position] for position in sorted(wanted)}
+    context = {"checkpoint": checkpoint_info(engine), "images": len(items)}
+    return Part("gallery", settings.part_settings(), context, records, arrays, {}, shard)
+
+
+def finish(part: Part, settings: GallerySettings, outputs) -> GalleryOutcome:
+    """The galleries and their report from a part — one run's, or the shards' joined."""
+    context = part.context
+    names = context["checkpoint"]["class_names"]
+    ok, selections = _selections(part.records, names, settings.k)
+    failed = [failure_record(r["image_id"], r["path"], r["error"]) for r in part.records if r["error"] is not None]
+    items = {item.image_id: item for item in load_split(settings, names)}
     thumbnails: dict[int, np.ndarray | None] = {}  # an image may appear in several galleries: read it once
     classes = {}
     for c, name in enumerate(names):
-        chosen, counts = select_examples(labels, preds, probs, ids, c, settings.k)
+        chosen, counts = selections[c]
         filename = f"gallery_{safe_name(name)}.{settings.format}"  # a class name is no path
         rows, selected = {}, {}
         for category in CATEGORIES:
             cells, entries = [], []
             for i in chosen[category]:
+                record = ok[i]
                 if i not in thumbnails:
-                    thumbnails[i] = _thumbnail(ok[i], settings.quiet, settings.region)
-                result = ok[i]
+                    shown = _Shown(items[record["image_id"]], part.arrays[f"cam_{record['position']}"])
+                    thumbnails[i] = _thumbnail(shown, settings.quiet, settings.region)
+                probs = record["probs"]
                 entries.append(
                     {
-                        "image_id": result.item.image_id,
-                        "path": str(result.item.path),
-                        "label": result.item.label,
-                        "pred": names[result.pred],
-                        "target": names[result.target],
-                        f"p_{name}": float(probs[i, c]),
-                        "probs": {n: float(p) for n, p in zip(names, result.probs, strict=True)},
+                        "image_id": record["image_id"],
+                        "path": record["path"],
+                        "label": record["label"],
+                        "pred": names[record["pred"]],
+                        "target": names[record["target"]],
+                        f"p_{name}": float(probs[c]),
+                        "probs": {n: float(p) for n, p in zip(names, probs, strict=True)},
                         "file": filename,
                     }
                 )
                 if thumbnails[i] is not None:
-                    title = f"{result.item.image_id}\n{result.item.label} → {names[result.pred]}  p={probs[i, c]:.2f}"
+                    title = f"{record['image_id']}\n{record['label']} → {names[record['pred']]}  p={probs[c]:.2f}"
                     cells.append(Cell(thumbnails[i], title))
             rows[ROW_LABELS[category]] = cells
             selected[category] = entries
         title = (
-            f"{name} — {settings.split}/{settings.subset} — {settings.method} — {engine.checkpoint.name}\n"
+            f"{name} — {settings.split}/{settings.subset} — {settings.method} — {context['checkpoint']['name']}\n"
             f"TP {counts['TP']} · FP {counts['FP']} · FN {counts['FN']}"
         )
         gallery_figure(rows, settings.k, title, outputs.path(filename))
@@ -142,11 +191,24 @@ def run_gallery(settings: GallerySettings) -> GalleryOutcome:
             "data_root": str(settings.data_root),
             "splits_dir": str(settings.splits_dir),
         },
-        "checkpoint": checkpoint_info(engine),
-        "images": len(items),
+        "checkpoint": context["checkpoint"],
+        "images": context["images"],
         "explained": len(ok),
         "classes": classes,
         "failed": failed,
     }
     text = write_report(report, outputs.path(GALLERY_REPORT))
     return GalleryOutcome(report, text, len(failed))
+
+
+@dataclass
+class _Shown:
+    """What drawing a cell needs of an image: where it is (and its annotation), and its map."""
+
+    item: object
+    cam: np.ndarray
+
+
+def run_gallery(settings: GallerySettings) -> GalleryOutcome:
+    """One run: examine every image (or this shard's, for `merge`; or every shard on Ray), then finish."""
+    return complete("gallery", settings, output_folder(settings))
