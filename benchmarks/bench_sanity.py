@@ -21,7 +21,7 @@ PARTS = {
     "  ROAD: sparse solves of the imputation": "solve_symmetric",
     "  ROAD: assembling the imputation system": "linear_system",
     "  ROAD: model forwards": "_call_impl",
-    "explaining: trained + randomised passes": "model_resolution_maps",
+    "explaining: trained + randomised passes": "_chunk_maps",
     "similarity: Spearman": "spearman",
     "similarity: SSIM": "ssim",
     "figures": "save_figure",

@@ -30,16 +30,19 @@ from btxrd_cam.maps import centre_map, edges_map, noise_map, spearman, ssim, ups
 from btxrd_cam.outputs import SANITY_REPORT, output_folder
 from btxrd_cam.pipeline import (
     checkpoint_info,
+    complete,
     explain_items,
     failure_record,
     load_split,
     open_checkpoint,
     open_engine,
+    with_positions,
 )
 from btxrd_cam.randomisation import randomised_models
 from btxrd_cam.render import sanity_curves, sanity_maps
 from btxrd_cam.reports import SCHEMA_VERSION, write_report
 from btxrd_cam.settings import SanitySettings
+from btxrd_cam.shards import WHOLE, Part, Shard
 from btxrd_cam.statistics import mean_ci
 
 CURVES_NAME = "sanity.png"
@@ -76,19 +79,6 @@ def choose_images(items: list[ImageItem], count: int, seed: int) -> tuple[list[I
             if queue and len(chosen) < count:
                 chosen.append(queue.pop(0))
     return chosen, None
-
-
-def model_resolution_maps(engine: Engine, tensors: torch.Tensor, classes: list[int], batch_size: int) -> dict:
-    """{configuration name: float32 [N, S, S] in [0, 1]} of the engine's model for these inputs and classes, each
-    map upsampled to the model's input size exactly as pytorch-grad-cam scales it."""
-    size = (tensors.shape[-2], tensors.shape[-1])
-    out: dict[str, list[np.ndarray]] = defaultdict(list)
-    for start in range(0, len(tensors), batch_size):
-        batch = tensors[start : start + batch_size]
-        _, maps = engine.explain_all(batch, classes[start : start + batch_size])
-        for name, stack in maps.items():
-            out[name] += [upsample_cam(raw, size) for raw in stack]
-    return {name: np.stack(values) for name, values in out.items()}
 
 
 def similarities(trained: np.ndarray, other: np.ndarray) -> dict[str, list[float]]:
@@ -131,32 +121,6 @@ def _verdicts(per_step: list[dict], reference: dict, order: str) -> tuple[dict, 
     return verdict, reaches
 
 
-def road_rows(
-    model: torch.nn.Module,
-    tensors: torch.Tensor,
-    rows: dict[str, np.ndarray],
-    classes: list[int],
-    seed: int,
-    quiet: bool,
-) -> dict:
-    """ROAD per row (a method or a control) on the same images: mean and 95% CI. Images are scored in parallel,
-    each with its own seeded noise, so the numbers do not depend on the threads."""
-    jobs = [(name, i) for name in rows for i in range(len(tensors))]
-
-    def score(job):
-        raise_if_interrupted()
-        name, i = job
-        return road_combined(model, tensors[i : i + 1], rows[name][i : i + 1], [classes[i]], seed * 100_003 + i)[0]
-
-    values: dict[str, list[float]] = defaultdict(list)
-    with restored_mode(model), ThreadPoolExecutor(2) as pool, progress(len(jobs), "ROAD", quiet) as advance:
-        model.eval()
-        for (name, _), value in zip(jobs, pool.map(score, jobs), strict=True):
-            values[name].append(float(value))
-            advance()
-    return {name: mean_ci(values[name], seed=seed) for name in rows}
-
-
 def _against(settings: SanitySettings, checkpoint: Checkpoint, layer: str) -> tuple[Checkpoint, str]:
     """The second checkpoint, which must classify the same classes at the same input size."""
     other = load_checkpoint(settings.against, settings.arch, settings.class_names, None)
@@ -174,25 +138,207 @@ def _against(settings: SanitySettings, checkpoint: Checkpoint, layer: str) -> tu
     return other, other_layer
 
 
-def run_sanity(settings: SanitySettings) -> SanityOutcome:
-    outputs = output_folder(settings)
+def make_engine(settings: SanitySettings) -> Engine:
+    """The engine of the methods asked for at the checkpoint's target layer (the attributions at the input)."""
     checkpoint = open_checkpoint(settings)
     layer = checkpoint.target_layer_name
     methods = list(dict.fromkeys(settings.methods))
     configs = [CamConfig(method, INPUT_LAYER if method in ATTRIBUTION else layer) for method in methods]
+    return open_engine(settings, checkpoint, configs)
+
+
+def _chunk_maps(engine: Engine, chunks: list[list], size: int) -> list[dict[str, np.ndarray]]:
+    """Per chosen image (in order; None where it failed), {configuration name: float32 [S, S]}: each chunk of the
+    chosen images (the batches the engine explained them in) explained again, its usable images together."""
+    maps: list[dict | None] = []
+    for chunk in chunks:
+        good = [r for _, r in chunk if r.ok]
+        found = {}
+        if good:
+            tensors = torch.from_numpy(np.stack([r.tensor for r in good]))
+            _, found = engine.explain_all(tensors, [r.pred for r in good])
+        at = 0
+        for _, result in chunk:
+            if result.ok:
+                maps.append({name: upsample_cam(stack[at], (size, size)) for name, stack in found.items()})
+                at += 1
+            else:
+                maps.append(None)
+    return maps
+
+
+def examine(settings: SanitySettings, engine: Engine, outputs, shard: Shard = WHOLE) -> Part:
+    """The shard's share of the chosen images through the trained model and every randomisation step: per image,
+    its trained maps and its similarities at every step (and ROAD, and the second checkpoint's): the part
+    `finish` summarises."""
+    checkpoint = engine.checkpoint
+    layer, size = checkpoint.target_layer_name, checkpoint.image_size
+    methods = [c.method for c in engine.configs]
+    names = {c.method: c.name for c in engine.configs}
     other = _against(settings, checkpoint, layer) if settings.against else None
-    engine = open_engine(settings, checkpoint, configs)
     items = load_split(settings, engine.class_names)
     if not items:
         raise UsageError(f"--split: the {settings.split}/{settings.subset} split has no images")
     chosen, note = choose_images(items, settings.images, settings.seed)
     if note:
         warn(note, settings.quiet)
-    results = explain_items(engine, chosen, quiet=settings.quiet, description="explaining (trained)", keep_tensors=True)
-    ok = [r for r in results if r.ok]
-    failed = [failure_record(r.item.image_id, r.item.path, r.error) for r in results if not r.ok]
-    size = checkpoint.image_size
-    names = {c.method: c.name for c in configs}
+    mine = shard.take(with_positions(chosen), settings.batch_size)
+    results = explain_items(
+        engine, [item for _, item in mine], quiet=settings.quiet, description="explaining (trained)", keep_tensors=True
+    )
+    pairs = list(zip([p for p, _ in mine], results, strict=True))
+    chunks = [pairs[i : i + settings.batch_size] for i in range(0, len(pairs), settings.batch_size)]
+    trained = _chunk_maps(engine, chunks, size)
+    steps, fallback = randomisation_steps(engine.model, size)
+    if fallback:
+        warn(fallback, settings.quiet)
+    n, k = len(pairs), len(steps)
+    arrays = {f"r_ctrl_{m}": np.full((n, k), np.nan) for m in MEASURES}
+    for j, method in enumerate(methods):
+        rows = [maps[names[method]] if maps else np.full((size, size), np.nan, np.float32) for maps in trained]
+        arrays[f"r_trained_{j}"] = np.asarray(rows, np.float32).reshape(n, size, size)
+        for measure in MEASURES:
+            arrays[f"r_sim_{j}_{measure}"] = np.full((n, k), np.nan)
+    examples = {i: {m: [trained[i][names[m]]] for m in methods} for i, (p, r) in enumerate(pairs)
+                if p < EXAMPLE_IMAGES and r.ok}  # fmt: skip
+    edges = [edges_map(r.model_pixels) if r.ok else None for _, r in pairs]
+    without_reset: set[str] = set()
+    step_runs = randomised_models(engine.model, steps, settings.order, settings.seed)
+    with progress(len(steps), f"randomising ({settings.order})", settings.quiet) as advance:
+        for s, (_, model, missing) in enumerate(step_runs):
+            without_reset.update(missing)
+            stepped = Engine(
+                dataclasses.replace(checkpoint, model=model),
+                device=engine.device,
+                batch_size=settings.batch_size,
+                amp=settings.amp,
+                configs=engine.configs,
+                ig_steps=settings.ig_steps,
+                sg_samples=settings.sg_samples,
+                occlusion_window=settings.occlusion_window,
+            )
+            randomised = _chunk_maps(stepped, chunks, size)
+            for i, maps in enumerate(randomised):
+                if maps is None:
+                    continue
+                for j, method in enumerate(methods):
+                    for measure, fn in SIMILARITY.items():
+                        arrays[f"r_sim_{j}_{measure}"][i, s] = fn(trained[i][names[method]], maps[names[method]])
+                    if i in examples:
+                        examples[i][method].append(maps[names[method]])
+                # the control: a map that cannot depend on the model, through the very same steps
+                again = edges_map(pairs[i][1].model_pixels)
+                for measure, fn in SIMILARITY.items():
+                    arrays[f"r_ctrl_{measure}"][i, s] = fn(edges[i], again)
+            advance()
+    for i, maps in examples.items():
+        for j, method in enumerate(methods):
+            arrays[f"ex_{pairs[i][0]}_{j}"] = np.stack(maps[method])
+    if settings.road:
+        arrays.update(_road(engine, pairs, trained, edges, methods, names, settings))
+    records = []
+    for position, result in pairs:
+        record = {"position": position, "image_id": result.item.image_id, "label": result.item.label,
+                  "path": str(result.item.path), "pred": None, "confidence": None, "their_pred": None,
+                  "error": result.error}  # fmt: skip
+        if result.ok:
+            record.update(pred=engine.class_names[result.pred], confidence=float(result.probs[result.pred]))
+        records.append(record)
+    against = None
+    if other is not None:
+        against = _reproduce(settings, other, chunks, trained, methods, names, arrays, records, size)
+    context = {
+        "checkpoint": checkpoint_info(engine),
+        "layer": layer,
+        "methods": methods,
+        "note": note,
+        "steps": [step.name for step in steps],
+        "step_modules": {step.name: list(step.modules) for step in steps},
+        "fallback": fallback,
+        "without_reset": sorted(without_reset),
+        "against": against,
+        "image_size": size,
+    }
+    return Part("sanity", settings.part_settings(), context, records, arrays, {}, shard)
+
+
+ROAD_ROWS = ("edges", "centre", "noise")
+
+
+def _road(engine, pairs, trained, edges, methods, names, settings) -> dict[str, np.ndarray]:
+    """ROAD per row (each method and the controls) for the shard's usable images among the first --road-images
+    chosen ones: r_road_<row> (NaN elsewhere). Each image's noise is seeded by its place among the chosen images,
+    so a score does not depend on the shard or the threads."""
+    size = engine.checkpoint.image_size
+    rows = [*methods, *ROAD_ROWS]
+    values = {row: np.full(len(pairs), np.nan) for row in rows}
+    jobs = []
+    for i, (position, result) in enumerate(pairs):
+        if position >= settings.road_images or not result.ok:
+            continue
+        maps = {method: trained[i][names[method]] for method in methods}
+        maps.update(
+            edges=edges[i],
+            centre=centre_map((size, size)),
+            noise=noise_map((size, size), settings.seed * 1000 + position),
+        )
+        jobs += [(row, i, position, maps[row]) for row in rows]
+
+    def score(job):
+        raise_if_interrupted()
+        row, i, position, saliency = job
+        tensor = torch.from_numpy(pairs[i][1].tensor[None])
+        seed = settings.seed * 100_003 + position
+        return road_combined(engine.model, tensor, saliency[None], [pairs[i][1].pred], seed)[0]
+
+    with (
+        restored_mode(engine.model),
+        ThreadPoolExecutor(2) as pool,
+        progress(len(jobs), "ROAD", settings.quiet) as advance,
+    ):
+        engine.model.eval()
+        for (row, i, _, _), value in zip(jobs, pool.map(score, jobs), strict=True):
+            values[row][i] = float(value)
+            advance()
+    return {f"r_road_{r}": values[row] for r, row in enumerate(rows)}
+
+
+def _reproduce(settings, other, chunks, trained, methods, names, arrays, records, size) -> dict:
+    """The second checkpoint's maps of the same images and classes: per image, the similarities to the first's
+    (r_rep_<method>_<measure>) and its prediction (`their_pred`); returns what the report says of it."""
+    other_checkpoint, other_layer = other
+    other_configs = [CamConfig(m, INPUT_LAYER if m in ATTRIBUTION else other_layer) for m in methods]
+    other_engine = open_engine(settings, other_checkpoint, other_configs)
+    theirs = _chunk_maps(other_engine, chunks, size)
+    for j, method in enumerate(methods):
+        theirs_name = f"{method}@{INPUT_LAYER if method in ATTRIBUTION else other_layer}"
+        for measure, fn in SIMILARITY.items():
+            arrays[f"r_rep_{j}_{measure}"] = np.asarray(
+                [np.nan if t is None else fn(trained[i][names[method]], t[theirs_name]) for i, t in enumerate(theirs)]
+            )
+    at = 0
+    for chunk in chunks:
+        good = [r for _, r in chunk if r.ok]
+        if not good:
+            continue
+        with torch.inference_mode():
+            preds = other_engine.predict_tensors(torch.from_numpy(np.stack([r.tensor for r in good]))).argmax(1)
+        it = iter(int(p) for p in preds)
+        for _, result in chunk:
+            if result.ok:
+                records[at]["their_pred"] = next(it)
+            at += 1
+    return {"name": other_checkpoint.name, "sha256": other_checkpoint.sha256, "layer": other_layer}
+
+
+def finish(part: Part, settings: SanitySettings, outputs) -> SanityOutcome:
+    """The report of a part — one run's, or the shards' joined — with its figures: a pure function of the part."""
+    context, arrays = part.context, part.arrays
+    methods, steps = context["methods"], context["steps"]
+    names_list = context["checkpoint"]["class_names"]
+    records = part.records
+    ok = [i for i, r in enumerate(records) if r["error"] is None]
+    failed = [failure_record(r["image_id"], r["path"], r["error"]) for r in records if r["error"] is not None]
     report = {
         "schema_version": SCHEMA_VERSION,
         "command": "sanity",
@@ -200,7 +346,7 @@ def run_sanity(settings: SanitySettings) -> SanityOutcome:
             "split": settings.split,
             "subset": settings.subset,
             "methods": methods,
-            "layer": layer,
+            "layer": context["layer"],
             "images": settings.images,
             "order": settings.order,
             "road": settings.road,
@@ -209,90 +355,54 @@ def run_sanity(settings: SanitySettings) -> SanityOutcome:
             "data_root": str(settings.data_root),
             "splits_dir": str(settings.splits_dir),
         },
-        "checkpoint": checkpoint_info(engine),
-        "note": note,
+        "checkpoint": context["checkpoint"],
+        "note": context["note"],
+        "steps": steps,
+        "step_modules": context["step_modules"],
+        "fallback": context["fallback"],
     }
-    steps, fallback = randomisation_steps(engine.model, size)
-    if fallback:
-        warn(fallback, settings.quiet)
-    report.update(
-        {
-            "steps": [step.name for step in steps],
-            "step_modules": {step.name: list(step.modules) for step in steps},
-            "fallback": fallback,
-        }
-    )
     if not ok:
         report.update(methods={}, reference={}, control=None, road=None, reproducibility=None, images=[])
         report["failed"] = failed
-        text = write_report(report, settings.out / SANITY_REPORT)
+        text = write_report(report, outputs.path(SANITY_REPORT))
         return SanityOutcome(report, text, len(failed))
+    seed = settings.seed
+    trained = {m: arrays[f"r_trained_{j}"][ok] for j, m in enumerate(methods)}
 
-    tensors = torch.from_numpy(np.stack([r.tensor for r in ok]))
-    classes = [r.pred for r in ok]
-    trained_all = model_resolution_maps(engine, tensors, classes, settings.batch_size)
-    trained = {method: trained_all[names[method]] for method in methods}
-    edges = np.stack([edges_map(r.model_pixels) for r in ok])
-    examples = list(range(min(EXAMPLE_IMAGES, len(ok))))
-    example_maps = {m: [trained[m][examples]] for m in methods}
-    per_step: dict[str, list[dict]] = {m: [] for m in methods}
-    control_steps, without_reset = [], set()
-    step_runs = randomised_models(engine.model, steps, settings.order, settings.seed)
-    with progress(len(steps), f"randomising ({settings.order})", settings.quiet) as advance:
-        for step, model, missing in step_runs:
-            without_reset.update(missing)
-            stepped = Engine(
-                dataclasses.replace(checkpoint, model=model),
-                device=engine.device,
-                batch_size=settings.batch_size,
-                amp=settings.amp,
-                configs=configs,
-                ig_steps=settings.ig_steps,
-                sg_samples=settings.sg_samples,
-                occlusion_window=settings.occlusion_window,
-            )
-            maps = model_resolution_maps(stepped, tensors, classes, settings.batch_size)
-            for method in methods:
-                randomised = maps[names[method]]
-                per_step[method].append(
-                    {"step": step.name, **summarise(similarities(trained[method], randomised), settings.seed)}
-                )
-                example_maps[method].append(randomised[examples])
-            # the control: a map that cannot depend on the model, through the very same steps
-            again = np.stack([edges_map(r.model_pixels) for r in ok])
-            control_steps.append({"step": step.name, **summarise(similarities(edges, again), settings.seed)})
-            advance()
-    pairs = sample_pairs(len(ok), REFERENCE_PAIRS, settings.seed)
-    reference = {method: reference_level(trained[method], pairs, settings.seed) for method in methods}
+    def column(name: str, s: int | None = None) -> list[float]:
+        values = arrays[name][ok] if s is None else arrays[name][ok, s]
+        return [float(v) for v in values]
+
+    per_step = {
+        m: [{"step": step, **summarise({x: column(f"r_sim_{j}_{x}", s) for x in MEASURES}, seed)}
+            for s, step in enumerate(steps)]
+        for j, m in enumerate(methods)
+    }  # fmt: skip
+    control_steps = [
+        {"step": step, **summarise({x: column(f"r_ctrl_{x}", s) for x in MEASURES}, seed)}
+        for s, step in enumerate(steps)
+    ]
+    pairs = sample_pairs(len(ok), REFERENCE_PAIRS, seed)
+    reference = {method: reference_level(trained[method], pairs, seed) for method in methods}
     method_reports = {}
     for method in methods:
         verdict, reaches = _verdicts(per_step[method], reference[method], settings.order)
         method_reports[method] = {"per_step": per_step[method], "verdict": verdict, "reaches_reference_at": reaches}
     road = None
     if settings.road:
-        count = min(settings.road_images, len(ok))  # the first of the chosen images: balanced by class
-        rows = {method: trained[method][:count] for method in methods}
-        rows["edges"] = edges[:count]
-        rows["centre"] = np.stack([centre_map((size, size))] * count)
-        rows["noise"] = np.stack([noise_map((size, size), settings.seed * 1000 + i) for i in range(count)])
+        rows = [*methods, *ROAD_ROWS]
+        scored = {row: [v for v in column(f"r_road_{r}") if not np.isnan(v)] for r, row in enumerate(rows)}
         road = {
             "percentiles": list(ROAD_PERCENTILES),
-            "images": count,
+            "images": len(scored[rows[0]]),
             "higher_is_more_faithful": True,
-            "rows": road_rows(engine.model, tensors[:count], rows, classes[:count], settings.seed, settings.quiet),
+            "rows": {row: mean_ci(scored[row], seed=seed) for row in rows},
         }
     reproducibility = None
-    if other is not None:
-        other_checkpoint, other_layer = other
-        other_configs = [CamConfig(m, INPUT_LAYER if m in ATTRIBUTION else other_layer) for m in methods]
-        other_engine = open_engine(settings, other_checkpoint, other_configs)
-        theirs = model_resolution_maps(other_engine, tensors, classes, settings.batch_size)
-        with torch.inference_mode():
-            their_preds = [int(p) for p in other_engine.predict_tensors(tensors).argmax(1)]
+    if context["against"] is not None:
         per_method = {}
-        for method in methods:
-            theirs_name = f"{method}@{INPUT_LAYER if method in ATTRIBUTION else other_layer}"
-            summary = summarise(similarities(trained[method], theirs[theirs_name]), settings.seed)
+        for j, method in enumerate(methods):
+            summary = summarise({x: column(f"r_rep_{j}_{x}") for x in MEASURES}, seed)
             above = {
                 measure: None
                 if summary[measure]["mean"] is None or not reference[method][measure]["ci95"]
@@ -300,14 +410,14 @@ def run_sanity(settings: SanitySettings) -> SanityOutcome:
                 for measure in MEASURES
             }
             per_method[method] = {**summary, "above_reference": above}
+        agree = [names_list.index(records[i]["pred"]) == records[i]["their_pred"] for i in ok]
         reproducibility = {
-            "against": {"name": other_checkpoint.name, "sha256": other_checkpoint.sha256, "layer": other_layer},
+            "against": context["against"],
             "explained_class": "the first checkpoint's prediction",
-            "prediction_agreement": float(np.mean([a == b for a, b in zip(classes, their_preds, strict=True)])),
+            "prediction_agreement": float(np.mean(agree)),
             "methods": per_method,
         }
-        report["checkpoint_against"] = reproducibility["against"]
-    names_list = engine.class_names
+        report["checkpoint_against"] = context["against"]
     report.update(
         {
             "methods": method_reports,
@@ -315,22 +425,25 @@ def run_sanity(settings: SanitySettings) -> SanityOutcome:
             "control": {"name": CONTROL, "per_step": control_steps},
             "road": road,
             "reproducibility": reproducibility,
-            "reinitialised_without_reset_parameters": sorted(without_reset),
-            "images": [
-                {
-                    "image_id": r.item.image_id,
-                    "label": r.item.label,
-                    "pred": names_list[r.pred],
-                    "confidence": float(r.probs[r.pred]),
-                }
-                for r in ok
-            ],
+            "reinitialised_without_reset_parameters": context["without_reset"],
+            "images": [{k: records[i][k] for k in ("image_id", "label", "pred", "confidence")} for i in ok],
             "failed": failed,
         }
     )
-    text = write_report(report, settings.out / SANITY_REPORT)
+    text = write_report(report, outputs.path(SANITY_REPORT))
     sanity_curves(report, outputs.path(CURVES_NAME))
-    titles = [f"{ok[i].item.image_id} ({names_list[classes[i]]})" for i in examples]
-    sanity_maps(example_maps, ["trained", *report["steps"]], titles, outputs.path(MAPS_NAME))
+    shown = [i for i in ok if f"ex_{records[i]['position']}_0" in arrays][:EXAMPLE_IMAGES]
+    example_maps = {
+        m: [np.stack([arrays[f"ex_{records[i]['position']}_{j}"][c] for i in shown]) for c in range(len(steps) + 1)]
+        for j, m in enumerate(methods)
+    }
+    titles = [f"{records[i]['image_id']} ({records[i]['pred']})" for i in shown]
+    sanity_maps(example_maps, ["trained", *steps], titles, outputs.path(MAPS_NAME))
     show(sanity_table(report), settings.quiet)
     return SanityOutcome(report, text, len(failed))
+
+
+def run_sanity(settings: SanitySettings) -> SanityOutcome:
+    """One run: examine the chosen images (or this shard's share, for `merge`; or every shard on Ray), then
+    finish."""
+    return complete("sanity", settings, output_folder(settings))
