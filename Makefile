@@ -1,4 +1,5 @@
-# The tested torch pair is installed first, then the project (editable) with DICOM support and its dev tools.
+# The tested torch pair is installed first, then the project (editable) with DICOM support, the Ray executor and its
+# dev tools.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[dev,dicom]'
+	$(BIN)/python -m pip install -q -e '.[dev,dicom,ray]'
 	touch $(STAMP)
 
 # The main job: build the synthetic BTXRD-layout demo, then explain it.

@@ -43,6 +43,8 @@ RANK_METRICS = ("pxap", "iou", "dice", "pointing_game", "energy_pointing_game")
 
 def _int_at_least(minimum: int):
     def check(value):
+        if value is None:  # an optional field left unset (the type says whether None is allowed)
+            return value
         try:
             number = int(str(value).strip())
         except ValueError:
