@@ -12,7 +12,6 @@ import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
@@ -168,6 +167,8 @@ def _match_model_keys(state: dict, model_keys: list[str]) -> tuple[dict, int] | 
 def _create_model(arch: str, num_classes: int, attn_layer: str | None, image_size: int) -> nn.Module:
     """timm's model, `pretrained=False`, built for the checkpoint's input size when the model is fixed-size (a ViT
     or Swin trained at 384 must be built at 384: its position embeddings and windows depend on it)."""
+    import timm  # here, not at the top: a re-run the cache answers never builds a model, nor imports timm
+
     kwargs = {"pretrained": False, "num_classes": num_classes}
     if attn_layer:
         kwargs["block_args"] = {"attn_layer": attn_layer}

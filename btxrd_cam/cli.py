@@ -328,7 +328,9 @@ def infer(
     def action(settings):
         from btxrd_cam.commands.infer import run_infer
 
-        return _exit_code(run_infer(settings).failed)
+        outcome = run_infer(settings)
+        sys.stdout.write(getattr(outcome, "text", ""))  # a shard says which part it wrote (records come at merge)
+        return _exit_code(outcome.failed)
 
     _run(InferSettings, values, action)
 

@@ -60,7 +60,9 @@ class ShardWorker:
         from btxrd_cam.outputs import OutputFolder
 
         outputs = OutputFolder(self.settings.out) if hasattr(self.settings, "out") else None
-        return self.module.examine(self.settings, self.engine, outputs, Shard(index, count))
+        part = self.module.examine(self.settings, self.engine, outputs, Shard(index, count))
+        part.batch_size = self.settings.batch_size
+        return part
 
 
 def run_on_ray(command: str, settings) -> list[Part]:

@@ -30,8 +30,20 @@ SCORERS = 2
 
 
 def open_checkpoint(settings: ModelSettings):
-    """Load the checkpoint the settings name, safely; what it assumed or left aside is said on stderr."""
-    checkpoint = load_checkpoint(settings.ckpt, settings.arch, settings.class_names, settings.target_layer)
+    """The checkpoint the settings name, loaded safely — or, when a command that keeps a cache has kept this
+    checkpoint's facts (deferred.py), deferred: known by its facts, read only if an image needs the model. What it
+    assumed or left aside is said on stderr."""
+    from btxrd_cam.deferred import DeferredCheckpoint, facts_path, file_sha256, read_facts
+
+    def load():
+        return load_checkpoint(settings.ckpt, settings.arch, settings.class_names, settings.target_layer)
+
+    keeps = not getattr(settings, "no_cache", True) and hasattr(settings, "out")
+    sha256 = file_sha256(settings.ckpt) if keeps else None
+    path = facts_path(settings, sha256) if keeps else None
+    facts = read_facts(path, sha256)
+    checkpoint = DeferredCheckpoint(facts, settings.ckpt, load) if facts else load()
+    checkpoint.facts_file = path
     for note in checkpoint.notes:
         warn(f"{checkpoint.name}: {note}", settings.quiet)
     return checkpoint
@@ -40,9 +52,44 @@ def open_checkpoint(settings: ModelSettings):
 def open_engine(
     settings: ModelSettings, checkpoint=None, configs: Sequence[CamConfig] | None = None, layer_option=None
 ) -> Engine:
-    """Build the engine the settings describe (loading the checkpoint unless given), for `configs` when given."""
+    """The engine the settings describe (opening the checkpoint unless given), for `configs` when given — deferred
+    (its model built at the first image the cache does not hold) when the checkpoint is and its facts know every
+    layer asked for."""
+    from btxrd_cam.deferred import DeferredCheckpoint, DeferredEngine, can_defer, write_facts
+
     checkpoint = checkpoint or open_checkpoint(settings)
-    engine = Engine(
+    if not configs:
+        layer = INPUT_LAYER if settings.method in ATTRIBUTION else checkpoint.target_layer_name
+        configs = [CamConfig(settings.method, layer)]
+    option = layer_option or ("--target-layer" if settings.target_layer else "the layer found automatically")
+    if isinstance(checkpoint, DeferredCheckpoint) and can_defer(checkpoint, configs):
+        options = {
+            "batch_size": settings.batch_size, "workers": settings.workers, "amp": settings.amp,
+            "aug_smooth": settings.aug_smooth, "eigen_smooth": settings.eigen_smooth,
+            "fast_decode": settings.fast_decode, "dicom_window": settings.dicom_window, "ig_steps": settings.ig_steps,
+            "sg_samples": settings.sg_samples, "occlusion_window": settings.occlusion_window,
+        }  # fmt: skip
+        engine = DeferredEngine(
+            checkpoint,
+            lambda: _build_engine(settings, checkpoint.loaded(), configs, option),
+            settings.torch_device,
+            configs,
+            options,
+        )
+    else:
+        real = checkpoint.loaded() if isinstance(checkpoint, DeferredCheckpoint) else checkpoint
+        engine = _build_engine(settings, real, configs, option)
+        write_facts(getattr(checkpoint, "facts_file", None), real, engine)
+    for config in engine.attribution:
+        kind = "forward passes" if config.method == "occlusion" else "forward and backward passes"
+        warn(f"{config.name} costs {engine.passes_per_image(config)} {kind} per image", settings.quiet)
+    if settings.target not in ("pred", "true"):
+        engine.class_index(settings.target)  # an unknown class name fails before any image is read
+    return engine
+
+
+def _build_engine(settings: ModelSettings, checkpoint, configs, layer_option: str) -> Engine:
+    return Engine(
         checkpoint,
         device=settings.torch_device,
         method=settings.method,
@@ -54,17 +101,11 @@ def open_engine(
         fast_decode=settings.fast_decode,
         configs=configs,
         dicom_window=settings.dicom_window,
-        layer_option=layer_option or ("--target-layer" if settings.target_layer else "the layer found automatically"),
+        layer_option=layer_option,
         ig_steps=settings.ig_steps,
         sg_samples=settings.sg_samples,
         occlusion_window=settings.occlusion_window,
     )
-    for config in engine.attribution:
-        kind = "forward passes" if config.method == "occlusion" else "forward and backward passes"
-        warn(f"{config.name} costs {engine.passes_per_image(config)} {kind} per image", settings.quiet)
-    if settings.target not in ("pred", "true"):
-        engine.class_index(settings.target)  # an unknown class name fails before any image is read
-    return engine
 
 
 def load_split(settings: SplitSettings, class_names: list[str], subset: str | None = None) -> list[ImageItem]:
@@ -110,11 +151,19 @@ def load_tuning_items(settings: SplitSettings, class_names: list[str]) -> tuple[
 def resolve_configurations(methods: list[str], layers, checkpoint) -> tuple[list[CamConfig], list[str]]:
     """Every method × every layer (`layers`: a list of names, or "auto": the target layer and the three stages
     before it), canonical names, in that order; repeated ones dropped with a note."""
-    model, size = checkpoint.model, checkpoint.image_size
+    from btxrd_cam.deferred import DeferredCheckpoint, write_facts
+
+    size = checkpoint.image_size
+    deferred = isinstance(checkpoint, DeferredCheckpoint)
+    known = checkpoint.known_layers() if deferred else {}
     if layers == "auto":
-        names = auto_layers(model, checkpoint.target_layer_name, size)
-    else:
-        names = [get_layer(model, name, "--layers")[0] for name in layers]
+        names = checkpoint.facts.get("auto_layers") if deferred else None
+        if not names:
+            names = auto_layers(checkpoint.model, checkpoint.target_layer_name, size)
+            real = checkpoint.loaded() if deferred else checkpoint
+            write_facts(getattr(checkpoint, "facts_file", None), real, auto=names)
+    else:  # a name the facts know is already canonical; any other is found in the model
+        names = [name if name in known else get_layer(checkpoint.model, name, "--layers")[0] for name in layers]
     configs, dropped = [], []
     for method in methods:
         for layer in [INPUT_LAYER] if method in ATTRIBUTION else names:  # attributions explain the input only
@@ -138,7 +187,8 @@ def resolve_reference(wanted: str | None, default: str, checkpoint, names: list[
     configuration (with a note)."""
     if wanted:
         chosen = wanted.strip()
-        if "@" in chosen:  # the same configuration may be spelled with another layer name (stages[-1])
+        # the same configuration may be spelled with another layer name (stages[-1])
+        if "@" in chosen and chosen not in names:
             method, layer = chosen.split("@", 1)
             with contextlib.suppress(UsageError):  # unknown layer: reported below, with the valid names
                 chosen = f"{method.strip().lower()}@{get_layer(checkpoint.model, layer.strip(), '--reference')[0]}"
@@ -343,6 +393,7 @@ def complete(command: str, settings, outputs):
     part = module.examine(settings, module.make_engine(settings), outputs, shard or WHOLE)
     if shard is None:
         return module.finish(part, settings, outputs)
+    part.batch_size = settings.batch_size
     path = write_part(part, outputs.root)
     failed = sum(1 for r in part.records if r.get("error"))
     summary = {

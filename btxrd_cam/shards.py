@@ -70,7 +70,7 @@ class Part:
     """What one shard (or a whole run) computed: records (each with its `position` in the manifest), arrays (`r_…`:
     a row per record, in the records' order; others named uniquely), extras (lists, gathered at merge), and what the
     summary needs to know about the run (`context`: checkpoint, configurations, …). `settings` is the command's
-    settings as JSON; `shard` which part of the run this is."""
+    settings as JSON; `shard` which part of the run this is, dealt in batches of `batch_size` images."""
 
     command: str
     settings: dict
@@ -79,6 +79,7 @@ class Part:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     shard: Shard = WHOLE
+    batch_size: int | None = None
 
 
 def write_part(part: Part, out: Path) -> Path:
@@ -88,7 +89,7 @@ def write_part(part: Part, out: Path) -> Path:
     payload = {
         "part_version": PART_VERSION,
         "command": part.command,
-        "shard": {"index": part.shard.index, "count": part.shard.count},
+        "shard": {"index": part.shard.index, "count": part.shard.count, "batch_size": part.batch_size},
         "settings": part.settings,
         "context": part.context,
         "extra": part.extra,
@@ -111,8 +112,13 @@ def read_part(path: Path) -> Part:
         if not isinstance(payload, dict):
             raise ValueError("not an object")
         version = payload.get("part_version")
-        if not isinstance(version, int) or version > PART_VERSION:
-            raise ValueError(f"part version {one_line(version, 20)} is not one this btxrd-cam reads ({PART_VERSION})")
+        if isinstance(version, int) and version > PART_VERSION:
+            raise UsageError(
+                f"merge: {path}: written by a newer btxrd-cam (part version {version}; this one reads up to "
+                f"{PART_VERSION}): merge with the version that wrote it"
+            )
+        if not isinstance(version, int) or version < 1:
+            raise ValueError(f"part version {one_line(version, 20)} is not one this btxrd-cam reads")
         shard = Shard(int(payload["shard"]["index"]), int(payload["shard"]["count"]))
         arrays = {}
         npz = Path(path).with_suffix(".npz")
@@ -126,6 +132,7 @@ def read_part(path: Path) -> Part:
             arrays=arrays,
             extra=dict(payload.get("extra") or {}),
             shard=shard,
+            batch_size=payload["shard"].get("batch_size"),
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UsageError(f"merge: {path}: not a readable shard ({one_line(exc, 120)})") from None
@@ -154,6 +161,10 @@ def check_parts(parts: list[Part], paths: list[Path]) -> None:
             problems.append(f"{path.name} is of {part.command}, {where} of {first.command}")
         if part.shard.count != first.shard.count:
             problems.append(f"{path.name} is one of {part.shard.count} shards, {where} one of {first.shard.count}")
+        if part.batch_size != first.batch_size:  # other batches deal other images to shard K
+            problems.append(
+                f"{path.name} was dealt in batches of {part.batch_size} (--batch-size), {where} of {first.batch_size}"
+            )
         if part.settings != first.settings:
             keys = sorted(
                 k for k in set(part.settings) | set(first.settings) if part.settings.get(k) != first.settings.get(k)
