@@ -4,7 +4,10 @@ must explain plus one model pass over them, nothing else — with py-spy's share
 drawing and cache; re-runs served by the explanation cache; and projected minutes for all of BTXRD (3,746 images,
 1,867 annotated), from a subsample scaled linearly.
 
-    python benchmarks/bench_btxrd_scale.py [--demo demo] [--images 400]
+    python benchmarks/bench_btxrd_scale.py [--demo demo] [--images 400] [--only commands|overlays|rerun ...]
+
+The cached re-run also times the import floor of the cached path: the modules a re-run imports when the cache answers
+every image (torch, matplotlib, the CLI; not timm, not pytorch-grad-cam), in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import sys
 from pathlib import Path
 
 import torch
-from common import WORK, btxrd_cam, run_command, save_results, table
+from common import WORK, btxrd_cam, run_command, save_results, saved_results, table
 
 from btxrd_cam.synthetic import BTXRD_LONG_SIDE, write_dataset
 
 BTXRD_IMAGES, BTXRD_ANNOTATED = 3746, 1867
+SECTIONS = ["commands", "overlays", "rerun"]
+CACHED_IMPORTS = "import btxrd_cam.cli, btxrd_cam.commands.annotate, btxrd_cam.deferred"
 PARTS = {  # a sample whose stack holds a frame matching one of these counts for the part (first part that matches)
     "decode": ("decode_image (btxrd_cam/data.py",),
     "model": ("explain_all (btxrd_cam/engine.py", "predict_tensors (btxrd_cam/engine.py"),
@@ -113,7 +118,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--demo", type=Path, default=Path(__file__).resolve().parents[1] / "demo")
     parser.add_argument("--images", type=int, default=400)  # 200 annotated: the cache goal's "at 200"
+    parser.add_argument("--only", action="append", choices=SECTIONS, help="run these sections only (repeatable)")
     args = parser.parse_args()
+    sections = args.only or SECTIONS
     root = project(args.demo, args.images)
     full = root / "data" / "splits" / "stratified_test.csv"
     lines = full.read_text().splitlines()
@@ -132,14 +139,16 @@ def main() -> None:
         annotated = sum((root / "data_raw/Annotations" / f"{Path(i).stem}.json").is_file() for i in ids)
         sizes[manifest] = {"all": len(ids), "annotated": annotated}
     cli = btxrd_cam()
-    results: dict = {"images": sizes[full], "commands": {}}
+    results: dict = {**(saved_results("btxrd_scale") if args.only else {}), "images": sizes[full]}
     commands = {
         "gallery": (["gallery", "-q"], "all", "1", BTXRD_IMAGES),
         "annotate-iou": (["annotate-iou", "-q"], "annotated", "1", BTXRD_ANNOTATED),
         "compare": (["compare", "-q"], "annotated", "compare", BTXRD_ANNOTATED),
     }
     rows = []
-    for name, (command, which, configs, btxrd) in commands.items():
+    if "commands" in sections:
+        results["commands"] = {}
+    for name, (command, which, configs, btxrd) in commands.items() if "commands" in sections else ():
         walls, floors = {}, {}
         for manifest in (half, full):
             out = WORK / f"scale_out_{name}"
@@ -162,11 +171,21 @@ def main() -> None:
         rows.append([name, n1, f"{floors[n1]:.1f}", f"{walls[n1]:.1f}", f"{walls[n1] / floors[n1]:.2f}",
                      f"{command_fit[1] * 1000:.0f} / {floor_fit[1] * 1000:.0f}", f"{projected / projected_floor:.2f}",
                      f"{projected / 60:.1f}", profile])  # fmt: skip
-    print(table(f"BTXRD-sized radiographs ({sizes[full]['all']} images, {sizes[full]['annotated']} annotated), first "
-                "runs, EfficientNet-B0 224 px, CPU; fitted at two sizes and projected to all of BTXRD",
-                ["command", "images", "floor s", "wall s", "x floor", "ms/image (floor)", "x floor at BTXRD",
-                 "all BTXRD min", "profile (CPU share)"], rows))  # fmt: skip
-    # what the per-image overlays of the HTML report add to annotate-iou (both without the cache)
+    if rows:
+        counts = f"{sizes[full]['all']} images, {sizes[full]['annotated']} annotated"
+        print(table(f"BTXRD-sized radiographs ({counts}), first "
+                    "runs, EfficientNet-B0 224 px, CPU; fitted at two sizes and projected to all of BTXRD",
+                    ["command", "images", "floor s", "wall s", "x floor", "ms/image (floor)", "x floor at BTXRD",
+                     "all BTXRD min", "profile (CPU share)"], rows))  # fmt: skip
+    if "overlays" in sections:
+        overlays(results, cli, root, full, sizes)
+    if "rerun" in sections:
+        reruns_from_cache(results, cli, root, half, full, sizes)
+    save_results("btxrd_scale", results)
+
+
+def overlays(results: dict, cli: str, root: Path, full: Path, sizes: dict) -> None:
+    """What the per-image overlays of the HTML report add to annotate-iou (both without the cache)."""
     plain = [cli, "annotate-iou", "-q", "--no-cache", "--split", str(full), "--out", str(WORK / "scale_out_overlays")]
     with_overlays = wall(plain, root)
     without = wall([*plain, "--no-images"], root)
@@ -176,7 +195,10 @@ def main() -> None:
     print(table("Per-image overlays (annotate-iou, no cache)", ["run", "wall s"],
                 [["with overlays (default)", f"{with_overlays:.1f}"], ["--no-images", f"{without:.1f}"],
                  ["added per image, of annotate-iou's per-image cost", f"{added:+.1%}"]]))  # fmt: skip
-    # re-runs: the cache spares decoding and the model
+
+
+def reruns_from_cache(results: dict, cli: str, root: Path, half: Path, full: Path, sizes: dict) -> None:
+    """Re-runs the cache answers completely: no decoding, no model (not even its import)."""
     reruns = {}
     out = WORK / "scale_out_rerun"
     for manifest in (half, full):
@@ -207,7 +229,15 @@ def main() -> None:
                  ["  projected to all 1,867 annotated images", "", f"{projected:.2f}"],
                  ["gallery after annotate-iou (tumour images cached)", f"{gallery_after:.1f}", ""],
                  ["gallery --no-cache", f"{uncached:.1f}", ""]]))  # fmt: skip
-    save_results("btxrd_scale", results)
+    floor = wall([sys.executable, "-c", CACHED_IMPORTS], root, repeats=3)
+    bare = wall([sys.executable, "-c", "pass"], root, repeats=3)
+    results["rerun"].update(import_floor_s=floor, interpreter_s=bare, rerun_fixed_s=again_fit[0],
+                            rerun_per_image_s=again_fit[1])  # fmt: skip
+    print(table("The cached path's fixed cost", ["part", "s"],
+                [["import floor (torch, matplotlib, the CLI; no timm, no pytorch-grad-cam)", f"{floor:.2f}"],
+                 ["  of which the bare interpreter", f"{bare:.2f}"],
+                 ["cached re-run, fixed part (fitted)", f"{again_fit[0]:.2f}"],
+                 ["cached re-run, per annotated image (fitted)", f"{again_fit[1] * 1000:.1f} ms"]]))  # fmt: skip
 
 
 if __name__ == "__main__":

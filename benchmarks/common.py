@@ -58,6 +58,12 @@ def interleaved_medians(candidates: dict, repeats: int = 7, warmup: int = 3, syn
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def saved_results(name: str) -> dict:
+    """What an earlier run of benchmark `name` saved on this kind of machine ({} if none)."""
+    path = RESULTS / f"{machine_kind()}.json"
+    return json.loads(path.read_text()).get(name, {}) if path.exists() else {}
+
+
 def save_results(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{machine_kind()}.json"

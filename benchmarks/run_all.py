@@ -17,7 +17,7 @@ if __name__ == "__main__":
     only = sys.argv[1:]  # e.g. `python benchmarks/run_all.py bench_sanity.py`
     scripts = ("bench_engine.py", "bench_compare_engine.py", "bench_decode.py", "bench_commands.py",
                "bench_resolution.py", "bench_sanity.py", "bench_evidence.py", "bench_btxrd_scale.py",
-               "bench_report.py", "bench_audit.py", "bench_attribution.py")  # fmt: skip
+               "bench_report.py", "bench_audit.py", "bench_attribution.py", "bench_shards.py")  # fmt: skip
     for script in scripts:
         if only and script not in only:
             continue

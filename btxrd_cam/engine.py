@@ -23,19 +23,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from pytorch_grad_cam import (
-    AblationCAM,
-    EigenCAM,
-    EigenGradCAM,
-    GradCAM,
-    GradCAMPlusPlus,
-    HiResCAM,
-    LayerCAM,
-    ScoreCAM,
-    XGradCAM,
-)
-from pytorch_grad_cam.utils.image import scale_cam_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from threadpoolctl import threadpool_limits
 
 from btxrd_cam.cache import CachedImage, ExplanationCache
@@ -44,17 +31,34 @@ from btxrd_cam.data import ImageItem, decode_image, fit_long_side, normalize_pix
 from btxrd_cam.errors import InputError, UsageError, per_image, raise_if_interrupted
 from btxrd_cam.layers import get_layer, layer_layouts
 
-METHODS = {
-    "gradcam": GradCAM,
-    "hirescam": HiResCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "xgradcam": XGradCAM,
-    "layercam": LayerCAM,
-    "eigencam": EigenCAM,
-    "eigengradcam": EigenGradCAM,
-    "scorecam": ScoreCAM,
-    "ablationcam": AblationCAM,
+# pytorch-grad-cam's class of each method, by name. The library (with torchvision and scikit-learn behind it: ~3 s)
+# is imported when a map is first computed, so that a re-run the cache answers never pays for it.
+CAM_CLASS_NAMES = {
+    "gradcam": "GradCAM",
+    "hirescam": "HiResCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",
+    "eigengradcam": "EigenGradCAM",
+    "scorecam": "ScoreCAM",
+    "ablationcam": "AblationCAM",
 }
+
+
+def cam_class(method: str):
+    """pytorch-grad-cam's class for `method` (e.g. GradCAM for "gradcam")."""
+    import pytorch_grad_cam
+
+    return getattr(pytorch_grad_cam, CAM_CLASS_NAMES[method])
+
+
+def __getattr__(name: str):
+    if name == "METHODS":  # {method: pytorch-grad-cam class}, imported on first use
+        return {method: cam_class(method) for method in CAM_CLASS_NAMES}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # Methods whose map is a function of (activations, gradients) of one pass: served by the single-pass path.
 SINGLE_PASS = ("gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "eigencam", "eigengradcam")
 GRADIENT_FREE = {"eigencam"}
@@ -208,8 +212,9 @@ class Engine:
             configs = [CamConfig(method, layer)]
         configs = list(configs)
         for config in configs:
-            if config.method not in (*METHODS, *ATTRIBUTION):
-                raise UsageError(f"--method: got {config.method}; must be one of {', '.join((*METHODS, *ATTRIBUTION))}")
+            if config.method not in (*CAM_CLASS_NAMES, *ATTRIBUTION):
+                allowed = ", ".join((*CAM_CLASS_NAMES, *ATTRIBUTION))
+                raise UsageError(f"--method: got {config.method}; must be one of {allowed}")
             if (config.method in ATTRIBUTION) != (config.layer == INPUT_LAYER):
                 raise UsageError(
                     f"--layers: {config.name}: the attribution methods ({', '.join(ATTRIBUTION)}) explain the input "
@@ -256,7 +261,7 @@ class Engine:
         self._pool: ThreadPoolExecutor | None = None
         # pytorch-grad-cam's method objects, used only for their channel weighting (they hook nothing here)
         with restored_mode(self.model):
-            self._weightings = {c.method: METHODS[c.method](self.model, target_layers=[]) for c in self.single_pass}
+            self._weightings = {c.method: cam_class(c.method)(self.model, target_layers=[]) for c in self.single_pass}
 
     def map_shapes(self) -> dict[str, tuple[int, int]]:
         """{configuration name: (h, w)} of the raw maps this engine makes: the layer's grid for the single-pass
@@ -342,6 +347,9 @@ class Engine:
 
     def _single_pass(self, batch, targets, maps):
         """One forward with hooks on every chosen layer, one autograd.grad, each method's weighting per layer."""
+        from pytorch_grad_cam.utils.image import scale_cam_image
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
         need_grad = {c.layer for c in self.single_pass if c.method not in GRADIENT_FREE}
         captured: dict[str, torch.Tensor] = {}
 
@@ -417,11 +425,13 @@ class Engine:
         return torch.where(fixed < 0, pred, fixed)
 
     def _explain_with_library(self, batch, chosen: list[int], config: CamConfig) -> np.ndarray:
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
         layer, layout = self.layers[config.layer], self.layouts[config.layer]
         reshape = None if layout.kind == "nchw" else layout.to_nchw
         with (
             restored_mode(self.model),
-            METHODS[config.method](self.model, target_layers=[layer], reshape_transform=reshape) as cam,
+            cam_class(config.method)(self.model, target_layers=[layer], reshape_transform=reshape) as cam,
         ):
             maps = cam(
                 batch,
@@ -445,6 +455,7 @@ class Engine:
         normalised like a CAM: float32 [B, S, S] in [0, 1]. SmoothGrad's noise is seeded per image by its pixels,
         so an image's map does not depend on the batch it is in."""
         from captum.attr import IntegratedGradients, NoiseTunnel, Occlusion, Saliency
+        from pytorch_grad_cam.utils.image import scale_cam_image
 
         batch = batch.float().contiguous()
         baseline = self._baseline()

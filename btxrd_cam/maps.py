@@ -24,11 +24,11 @@ EDGE_SIGMA = 0.02  # Gaussian smoothing of the edge map, as a fraction of the im
 
 def upsample_cam(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Raw CAM float [h, w] → float32 [H, W] in [0, 1] at `size` = (H, W), exactly as pytorch-grad-cam scales its
-    maps (min–max normalise, bilinear resize, clamp at 0, min–max normalise again). A constant map becomes 0."""
-    from pytorch_grad_cam.utils.image import scale_cam_image  # imported when needed: audit and report draw without it
-
+    maps (min–max normalise, bilinear resize, clamp at 0, min–max normalise again). A constant map becomes 0.
+    The first normalisation is scale_cam_image's arithmetic (normalize_map; equal to the library's, tested),
+    spelled here so that scoring a cached map does not import pytorch-grad-cam and torchvision (~3 s)."""
     height, width = size
-    grid = scale_cam_image(cam[None].astype(np.float32))[0]  # the library's normalisation, on the small grid
+    grid = normalize_map(cam)  # the library's normalisation, on the small grid
     full = cv2.resize(grid, (width, height))  # bilinear, as scale_cam_image resizes
     # the library's second normalisation, done in place: full-size maps are megapixels
     np.maximum(full, 0, out=full)

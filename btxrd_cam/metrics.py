@@ -11,7 +11,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 SWEEP_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05, 0.10, …, 0.95
 
@@ -65,6 +64,8 @@ def pxap(cam: np.ndarray, mask: np.ndarray) -> float | None:
         return None
     if positives == mask.size:
         return 1.0
+    from sklearn.metrics import average_precision_score  # here: scikit-learn costs ~0.8 s to import
+
     return float(average_precision_score(mask.ravel(), cam.ravel()))
 
 
@@ -183,6 +184,8 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: l
     labels: int [N] true class indices; probs: float [N, C] softmax probabilities. AUCs are one-vs-rest
     (scikit-learn) and None for a class with no positive or no negative example.
     """
+    from sklearn.metrics import roc_auc_score  # here: scikit-learn costs ~0.8 s to import
+
     labels = np.asarray(labels, dtype=int)
     probs = np.asarray(probs, dtype=np.float64).reshape(len(labels), len(class_names))
     preds = probs.argmax(axis=1) if len(labels) else np.zeros(0, dtype=int)

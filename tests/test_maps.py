@@ -78,3 +78,18 @@ def test_similarities_known_answers():
     assert abs(spearman(a, b)) < 0.2 and ssim(a, b) < 0.3
     flat = np.zeros((16, 16), np.float32)
     assert spearman(flat, flat) == 1.0 and spearman(flat, a) == 0.0
+
+
+@pytest.mark.parametrize("shape", [(7, 7), (5, 9), (14, 14), (1, 1)])
+def test_upsample_cam_scales_exactly_as_pytorch_grad_cams_scale_cam_image(shape):
+    """upsample_cam spells scale_cam_image's normalisation (so that a cached re-run need not import the library):
+    the same float32 values, bit for bit, on raw maps of every sign, a constant map included."""
+    from pytorch_grad_cam.utils.image import scale_cam_image
+
+    rng = np.random.default_rng(sum(shape))
+    for raw in (rng.normal(size=shape) * 3, rng.random(shape) * 1e-3, np.full(shape, 2.5), -rng.random(shape)):
+        size = (shape[0] * 9, shape[1] * 9)
+        # BaseCAM: scaled to the target size; then, aggregating layers, clamped at 0 and scaled again
+        scaled = scale_cam_image(raw[None].astype(np.float32), (size[1], size[0]))
+        library = scale_cam_image(np.maximum(scaled, 0))[0]
+        assert np.array_equal(upsample_cam(raw.astype(np.float32), size), library)
