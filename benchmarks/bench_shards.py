@@ -1,7 +1,8 @@
 """Shards and merge on the demo: annotate-iou, compare and evidence as one run and as 3 shards + `merge`.
 
 - merge's time against the summary-and-figures time of one run (both in this process, after a warm-up: `finish`
-  of one run's records, and `run_merge` — reading 3 parts, checking, joining, the same `finish`);
+  of one run's records, and `run_merge` — reading 3 parts, checking, joining, the same `finish`), and what merge
+  adds to `finish` (reading, checking and joining the parts) timed alone;
 - the total CPU time (user + system, of every child process) of the 3 shards + merge against one run, raw and with
   the extra processes' fixed start-up aside: (N − 1) shards' start-up (imports, checkpoint, model: measured by a
   shard with no image) and merge's imports (measured by importing what it imports); each process's least CPU time
@@ -19,21 +20,23 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import WORK, btxrd_cam, save_results, table
+from common import WORK, btxrd_cam, save_results, saved_results, table
 
 from btxrd_cam.commands.merge import SETTINGS, run_merge
 from btxrd_cam.outputs import output_folder
 from btxrd_cam.pipeline import command_module, complete
 from btxrd_cam.settings import MergeSettings, build_settings
-from btxrd_cam.shards import WHOLE
+from btxrd_cam.shards import WHOLE, check_parts, find_parts, join, read_part
 
 COMMANDS = {"annotate-iou": [], "compare": [], "evidence": []}
 COUNT = 3
+ROUNDS = 5
 
 
 def cpu_seconds(args: list[str], cwd: Path) -> float:
@@ -60,7 +63,8 @@ def timed(work) -> float:
 
 
 def merge_against_finish(demo: Path, command: str) -> dict:
-    """In this process: one run's finish, and merge of the same run as 3 shards (min of 2 each, after a warm-up)."""
+    """In this process: one run's finish, and merge of the same run as 3 shards (medians of 5 interleaved rounds,
+    after a warm-up)."""
     os.chdir(demo)
     one_out, sharded_out = WORK / f"shards_one_{command}", WORK / f"shards_sharded_{command}"
     for out in (one_out, sharded_out):
@@ -71,15 +75,27 @@ def merge_against_finish(demo: Path, command: str) -> dict:
     engine = module.make_engine(settings)
     part = module.examine(settings, engine, outputs, WHOLE)
     module.finish(part, settings, outputs)  # warm-up (fonts, first figure)
-    finish_s = min(timed(lambda: module.finish(part, settings, outputs)) for _ in range(2))
     for index in range(COUNT):
         shard = f"{index}/{COUNT}"
         sharded = build_settings(SETTINGS[command], out=sharded_out, quiet=True, no_cache=True, shard=shard)
         complete(command, sharded, output_folder(sharded))
     merge_settings = build_settings(MergeSettings, out=sharded_out, quiet=True)
-    merge_s = min(timed(lambda: run_merge(merge_settings)) for _ in range(2))
+    finishes, merges = [], []
+    for _ in range(ROUNDS):  # interleaved, medians: this machine wanders by ±10 %
+        finishes.append(timed(lambda: module.finish(part, settings, outputs)))
+        merges.append(timed(lambda: run_merge(merge_settings)))
+    finish_s, merge_s = statistics.median(finishes), statistics.median(merges)
+    # what merge adds to finish, timed alone (the two medians above differ mostly by this machine's noise)
+    paths = find_parts(sharded_out)[command]
+    joining_s = statistics.median(
+        timed(lambda: check_parts(parts := [read_part(path) for path in paths], paths) or join(parts))
+        for _ in range(ROUNDS)
+    )
     same = written(one_out) == written(sharded_out)
-    return {"finish_s": finish_s, "merge_s": merge_s, "ratio": merge_s / finish_s, "byte_identical": same}
+    return {
+        "finish_s": finish_s, "merge_s": merge_s, "ratio": merge_s / finish_s, "joining_s": joining_s,
+        "ratio_from_joining": (finish_s + joining_s) / finish_s, "byte_identical": same,
+    }  # fmt: skip
 
 
 def cpu_of_shards(demo: Path, command: str, repeats: int = 2) -> dict:
@@ -116,24 +132,28 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--demo", type=Path, default=Path(__file__).resolve().parents[1] / "demo")
     parser.add_argument("--cpu-project", type=Path, help="where to compare CPU time (default: the demo)")
+    parser.add_argument("--no-cpu", action="store_true", help="merge against finish only (CPU times as saved)")
     args = parser.parse_args()
     demo = args.demo.resolve()
     cpu_project = (args.cpu_project or args.demo).resolve()
+    project = saved_results("shards").get("cpu_project") if args.no_cpu else cpu_project.name
     WORK.mkdir(parents=True, exist_ok=True)
     results, rows = {}, []
     for command in COMMANDS:
         merged = merge_against_finish(demo, command)
-        cpu = cpu_of_shards(cpu_project, command)
+        cpu = saved_results("shards")[command]["cpu"] if args.no_cpu else cpu_of_shards(cpu_project, command)
         results[command] = {"merge": merged, "cpu": cpu}
         rows.append([command, f"{merged['finish_s']:.2f}", f"{merged['merge_s']:.2f}", f"{merged['ratio']:.2f}",
+                     f"{merged['joining_s'] * 1000:.0f}", f"{merged['ratio_from_joining']:.3f}",
                      "yes" if merged["byte_identical"] else "NO", f"{cpu['one_cpu_s']:.1f}",
                      f"{sum(cpu['shards_cpu_s']) + cpu['merge_cpu_s']:.1f}", f"{cpu['startup_cpu_s']:.1f}",
                      f"{cpu['ratio']:.2f}", f"{cpu['ratio_startup_aside']:.2f}"])  # fmt: skip
-    print(table(f"{COUNT} shards + merge against one run (merge: the demo; CPU time: {cpu_project.name}; "
+    print(table(f"{COUNT} shards + merge against one run (merge: the demo; CPU time: {project}; "
                 f"{os.cpu_count()} cores)",
-                ["command", "finish s", "merge s", "merge x finish", "same bytes", "one run CPU s",
+                ["command", "finish s", "merge s", "merge x finish", "read+check+join ms", "x finish (from it)",
+                 "same bytes", "one run CPU s",
                  "shards+merge CPU s", "start-up CPU s", "x one run", "x, start-ups aside"], rows))  # fmt: skip
-    save_results("shards", {"cpu_project": cpu_project.name, **results})
+    save_results("shards", {"cpu_project": project, **results})
     if not all(r["merge"]["byte_identical"] for r in results.values() if isinstance(r, dict)):
         sys.exit("merged files differ from one run's")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import threading
 from pathlib import Path
 
 from btxrd_cam.engine import ATTRIBUTION, INPUT_LAYER, LIBRARY_PATH, SINGLE_PASS, Engine
@@ -149,14 +150,19 @@ class DeferredEngine(Engine):
         self.library_path = [c for c in self.configs if c not in self.single_pass and c not in self.attribution]
         self._pool = None
         self._build = build
+        self._building = threading.Lock()
 
     def __getattr__(self, name: str):
-        # only reached for what a deferred engine does not have: the model, its layers, the weightings
-        if name.startswith("__") or "_build" not in self.__dict__:
+        # only reached for what a deferred engine does not have: the model, its layers, the weightings. Scoring
+        # threads may ask at the same time as the main thread: one builds, the others wait for it.
+        lock = self.__dict__.get("_building")
+        if name.startswith("__") or lock is None:
             raise AttributeError(name)
-        real = self.__dict__.pop("_build")()
-        self.__dict__.update(real.__dict__)
-        return getattr(self, name)
+        with lock:
+            build = self.__dict__.pop("_build", None)
+            if build is not None:
+                self.__dict__.update(build().__dict__)
+        return object.__getattribute__(self, name)  # the real engine's attribute, or AttributeError
 
 
 def can_defer(checkpoint: DeferredCheckpoint, configs) -> bool:

@@ -293,3 +293,26 @@ def test_a_rerun_with_one_image_missing_from_the_cache_builds_the_model_then(tin
     # the missing image is explained in a batch of its own: equal up to the last bits of its floats
     assert leaves(rerun["records"]) == pytest.approx(leaves(at_first["records"]), abs=1e-4)
     assert len(sorted((tiny_project / "results/gradcam/.cache").glob("??/*.npz"))) == len(entries)
+
+
+def test_a_deferred_engine_builds_its_model_once_whichever_threads_ask(tiny_project):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from btxrd_cam.commands.annotate import run_annotate
+    from btxrd_cam.deferred import DeferredEngine
+    from btxrd_cam.pipeline import open_engine
+    from btxrd_cam.settings import AnnotateSettings
+    from tests.conftest import project_settings
+
+    settings = project_settings(AnnotateSettings, tiny_project)
+    run_annotate(settings)  # keeps the checkpoint's facts beside the cache
+    engine = open_engine(settings)
+    assert isinstance(engine, DeferredEngine) and "model" not in vars(engine)
+    assert engine.class_names == ["Normal", "Benign", "Malignant"]  # known from the facts, nothing built
+    builds, build = [], vars(engine)["_build"]
+    vars(engine)["_build"] = lambda: builds.append(1) or build()
+    with ThreadPoolExecutor(4) as pool:
+        models = list(pool.map(lambda _: engine.model, range(8)))
+    assert builds == [1] and all(model is models[0] for model in models)
+    with pytest.raises(AttributeError):
+        engine.no_such_attribute
