@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
+# absolute: the demo's commands run inside DEMO_DIR, wherever it is
+CLI := $(abspath $(BIN))/btxrd-cam
 # compare in the demo: the 7 single-pass CAMs (its default) and one pixel attribution beside them
 DEMO_METHODS := gradcam,hirescam,gradcam++,xgradcam,layercam,eigencam,eigengradcam,integrated-gradients
 
@@ -19,17 +21,18 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[dev,dicom,ray]'
 	touch $(STAMP)
 
-# The main job: build the synthetic BTXRD-layout demo, then explain it.
+# The main job: build the synthetic BTXRD-layout demo, then explain it (annotate-iou before gallery: gallery then
+# reads the tumour images from the cache; sanity on 32 images, ROAD on 8, to keep it all under 6 minutes).
 demo: install
 	$(BIN)/btxrd-cam demo $(DEMO_DIR)
-	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam audit > /dev/null
-	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam gallery > /dev/null
-	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam annotate-iou > /dev/null
-	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam infer -q --metrics results/gradcam/metrics.json > /dev/null
-	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam compare --methods $(DEMO_METHODS) > /dev/null
-	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam evidence > /dev/null
-	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam sanity > /dev/null
-	cd $(DEMO_DIR) && ../$(BIN)/btxrd-cam report > /dev/null
+	cd $(DEMO_DIR) && $(CLI) audit > /dev/null
+	cd $(DEMO_DIR) && $(CLI) annotate-iou > /dev/null
+	cd $(DEMO_DIR) && $(CLI) gallery > /dev/null
+	cd $(DEMO_DIR) && $(CLI) infer -q --metrics results/gradcam/metrics.json > /dev/null
+	cd $(DEMO_DIR) && $(CLI) compare --methods $(DEMO_METHODS) > /dev/null
+	cd $(DEMO_DIR) && $(CLI) evidence > /dev/null
+	cd $(DEMO_DIR) && $(CLI) sanity --images 32 --road-images 8 > /dev/null
+	cd $(DEMO_DIR) && $(CLI) report > /dev/null
 	@echo "" >&2
 	@echo "Results (audit, galleries, annotation agreement, comparison, evidence, sanity): $(DEMO_DIR)/results/gradcam/" >&2
 	@echo "HTML report (open it in a browser):                                         $(DEMO_DIR)/results/gradcam/report.html" >&2
