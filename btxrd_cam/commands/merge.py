@@ -1,8 +1,9 @@
 """`btxrd-cam merge [OUT]`: the shards of each command under `<OUT>/shards/` put back together.
 
-For each command with parts there: check that they make one whole run (the same command, settings, checkpoint and
-N, every K exactly once), join them (records in manifest order), and finish exactly as one unsharded run finishes —
-the same function, so the same JSON, byte for byte, and the same figures. Nothing here runs a model.
+For each command with parts there: check that they make one whole run (the same command, settings, checkpoint, N
+and batch size, every K exactly once), join them (records in manifest order), and finish exactly as one unsharded
+run finishes — the same function, so the same JSON, byte for byte, and the same figures. Nothing here runs a model
+(`finish` reads the few images its figures show, as in one run).
 """
 
 from __future__ import annotations
