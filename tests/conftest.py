@@ -13,8 +13,10 @@ import pytest
 import timm
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
 from btxrd_cam.checkpoint import save_upstream_checkpoint
+from btxrd_cam.cli import app
 from btxrd_cam.data import DEFAULT_CLASS_NAMES
 from btxrd_cam.errors import STRICT_ENV
 from btxrd_cam.settings import build_settings
@@ -120,3 +122,14 @@ def write_labelme(path: Path, shapes: list[dict], height: int, width: int) -> Pa
 
 def gray_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width), dtype=np.uint8)
+
+
+def invoke(args, cwd=None):
+    """`btxrd-cam ARGS` through Typer's CliRunner, run from `cwd` (the working directory put back after)."""
+    old = os.getcwd()
+    try:
+        if cwd:
+            os.chdir(cwd)
+        return CliRunner().invoke(app, args, catch_exceptions=False)
+    finally:
+        os.chdir(old)

@@ -7,22 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from typer.testing import CliRunner
 
 from btxrd_cam import __version__
-from btxrd_cam.cli import app
-
-runner = CliRunner()
-
-
-def invoke(args, cwd=None):
-    old = os.getcwd()
-    try:
-        if cwd:
-            os.chdir(cwd)
-        return runner.invoke(app, args, catch_exceptions=False)
-    finally:
-        os.chdir(old)
+from tests.conftest import invoke
 
 
 def test_help_lists_every_command_with_a_description_and_version():

@@ -11,12 +11,10 @@ import sys
 import time
 
 import pytest
-from typer.testing import CliRunner
 
-from btxrd_cam.cli import app
 from btxrd_cam.outputs import write_atomic
+from tests.conftest import invoke
 
-runner = CliRunner()
 SCRIPT = shutil.which("btxrd-cam", path=os.path.dirname(sys.executable))
 
 
@@ -67,15 +65,6 @@ def _sabotage(project) -> dict:
     return {"broken": broken, "survivor": survivor}
 
 
-def _invoke(args, cwd):
-    old = os.getcwd()
-    try:
-        os.chdir(cwd)
-        return runner.invoke(app, args, catch_exceptions=False)
-    finally:
-        os.chdir(old)
-
-
 def test_a_hostile_split_costs_each_bad_file_its_record_and_nothing_else(tiny_project):
     splits = tiny_project / "data/splits"
     val = (splits / "stratified_val.csv").read_text().splitlines()[1:]
@@ -88,20 +77,20 @@ def test_a_hostile_split_costs_each_bad_file_its_record_and_nothing_else(tiny_pr
     annotated = _annotated(tiny_project)
     image_failures = {i for i, what in broken.items() if what in ("truncated", "not an image")}
 
-    result = _invoke(["infer", "--format", "json", "-q"], tiny_project)
+    result = invoke(["infer", "--format", "json", "-q"], tiny_project)
     assert result.exit_code == 1
     records = {r["image_id"]: r for r in json.loads(result.stdout)}
     assert set(records) == set(ids)
     assert {i for i, r in records.items() if r["error"]} == image_failures
     assert "truncated" in records[[i for i in image_failures if broken[i] == "truncated"][0]]["error"]
 
-    result = _invoke(["gallery", "-q", "--k", "1"], tiny_project)
+    result = invoke(["gallery", "-q", "--k", "1"], tiny_project)
     assert result.exit_code == 1
     assert {r["image_id"] for r in json.loads(result.stdout)["failed"]} == image_failures
 
     for command in ("annotate-iou", "compare"):
         args = [command, "-q"] + (["--methods", "gradcam", "--layers", "bn2"] if command == "compare" else [])
-        result = _invoke(args, tiny_project)
+        result = invoke(args, tiny_project)
         assert result.exit_code == 1, (command, result.stderr)
         report = json.loads(result.stdout)
         failed = {r["image_id"]: r["error"] for r in report["failed"]}

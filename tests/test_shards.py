@@ -3,29 +3,17 @@ are not one whole run, `--shard` is validated, the Ray executor gives the single
 cache answers completely never imports timm."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from btxrd_cam.cli import app
 from btxrd_cam.shards import Shard, parse_shard
+from tests.conftest import invoke
 
-runner = CliRunner()
 KEPT_APART = {".cache", "shards"}  # the cache and the parts are how a run got there, not what it wrote
-
-
-def invoke(args, cwd):
-    old = os.getcwd()
-    try:
-        os.chdir(cwd)
-        return runner.invoke(app, args, catch_exceptions=False)
-    finally:
-        os.chdir(old)
 
 
 def written(out: Path) -> dict[str, bytes]:
