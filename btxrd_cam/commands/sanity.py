@@ -188,7 +188,8 @@ def examine(settings: SanitySettings, engine: Engine, outputs, shard: Shard = WH
     )
     pairs = list(zip([p for p, _ in mine], results, strict=True))
     chunks = [pairs[i : i + settings.batch_size] for i in range(0, len(pairs), settings.batch_size)]
-    trained = _chunk_maps(engine, chunks, size)
+    # the trained maps are the first pass's: the same inputs, the same batches
+    trained = [{n: upsample_cam(raw, (size, size)) for n, raw in r.maps.items()} if r.ok else None for _, r in pairs]
     steps, fallback = randomisation_steps(engine.model, size)
     if fallback:
         warn(fallback, settings.quiet)
