@@ -71,14 +71,14 @@ def open_engine(
         }  # fmt: skip
         engine = DeferredEngine(
             checkpoint,
-            lambda: _build_engine(settings, checkpoint.loaded(), configs, option),
+            lambda: build_engine(settings, checkpoint.loaded(), configs, option),
             settings.torch_device,
             configs,
             options,
         )
     else:
         real = checkpoint.loaded() if isinstance(checkpoint, DeferredCheckpoint) else checkpoint
-        engine = _build_engine(settings, real, configs, option)
+        engine = build_engine(settings, real, configs, option)
         write_facts(getattr(checkpoint, "facts_file", None), real, engine)
     for config in engine.attribution:
         kind = "forward passes" if config.method == "occlusion" else "forward and backward passes"
@@ -88,7 +88,9 @@ def open_engine(
     return engine
 
 
-def _build_engine(settings: ModelSettings, checkpoint, configs, layer_option: str) -> Engine:
+def build_engine(settings: ModelSettings, checkpoint, configs, layer_option: str = "--target-layer") -> Engine:
+    """An engine of `checkpoint` (a loaded one) with every option the settings give: the one constructor, so that
+    engines of one run (sanity's randomised copies included) explain alike."""
     return Engine(
         checkpoint,
         device=settings.torch_device,

@@ -29,6 +29,7 @@ from btxrd_cam.layers import get_layer, randomisation_steps
 from btxrd_cam.maps import centre_map, edges_map, noise_map, spearman, ssim, upsample_cam
 from btxrd_cam.outputs import SANITY_REPORT, output_folder
 from btxrd_cam.pipeline import (
+    build_engine,
     checkpoint_info,
     complete,
     explain_items,
@@ -208,16 +209,7 @@ def examine(settings: SanitySettings, engine: Engine, outputs, shard: Shard = WH
     with progress(len(steps), f"randomising ({settings.order})", settings.quiet) as advance:
         for s, (_, model, missing) in enumerate(step_runs):
             without_reset.update(missing)
-            stepped = Engine(
-                dataclasses.replace(checkpoint, model=model),
-                device=engine.device,
-                batch_size=settings.batch_size,
-                amp=settings.amp,
-                configs=engine.configs,
-                ig_steps=settings.ig_steps,
-                sg_samples=settings.sg_samples,
-                occlusion_window=settings.occlusion_window,
-            )
+            stepped = build_engine(settings, dataclasses.replace(checkpoint, model=model), engine.configs)
             randomised = _chunk_maps(stepped, chunks, size)
             for i, maps in enumerate(randomised):
                 if maps is None:
