@@ -15,7 +15,19 @@ from tests.conftest import invoke
 def test_help_lists_every_command_with_a_description_and_version():
     result = invoke(["--help"])
     assert result.exit_code == 0
-    for command in ("gallery", "annotate-iou", "explain-image", "infer", "compare", "sanity", "demo"):
+    for command in (
+        "gallery",
+        "annotate-iou",
+        "explain-image",
+        "infer",
+        "compare",
+        "sanity",
+        "evidence",
+        "audit",
+        "report",
+        "merge",
+        "demo",
+    ):
         assert command in result.output
     assert invoke(["--version"]).output.strip() == f"btxrd-cam {__version__}"
 
