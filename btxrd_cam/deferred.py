@@ -22,8 +22,7 @@ import json
 import threading
 from pathlib import Path
 
-from btxrd_cam.engine import ATTRIBUTION, INPUT_LAYER, LIBRARY_PATH, SINGLE_PASS, Engine
-from btxrd_cam.errors import UsageError
+from btxrd_cam.engine import INPUT_LAYER, LIBRARY_PATH, Engine
 from btxrd_cam.layers import Layout
 from btxrd_cam.outputs import CACHE_FOLDER, OutputFolder, write_atomic
 
@@ -138,17 +137,7 @@ class DeferredEngine(Engine):
         size = checkpoint.image_size
         self.grids = {name: layout.grid for name, layout in self.layouts.items()}
         self.grids[INPUT_LAYER] = (size, size)
-        for name, value in options.items():
-            setattr(self, name, value)
-        self.amp = options["amp"] and device.type == "cuda"
-        window = options.get("occlusion_window") or max(1, size // 8)
-        if not 1 <= window <= size:
-            raise UsageError(f"--occlusion-window: got {window}; must be from 1 to the model's input size, {size} px")
-        self.occlusion_window = window
-        self.single_pass = [c for c in self.configs if c.method in SINGLE_PASS and not self.aug_smooth]
-        self.attribution = [c for c in self.configs if c.method in ATTRIBUTION]
-        self.library_path = [c for c in self.configs if c not in self.single_pass and c not in self.attribution]
-        self._pool = None
+        self._take_options(**options)
         self._build = build
         self._building = threading.Lock()
 

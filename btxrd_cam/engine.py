@@ -240,6 +240,22 @@ class Engine:
                     "pytorch-grad-cam's transformer ablation layer, which btxrd-cam does not wire; use scorecam or a "
                     "gradient method there"
                 )
+        self._take_options(
+            batch_size=batch_size, workers=workers, amp=amp, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
+            fast_decode=fast_decode, dicom_window=dicom_window, ig_steps=ig_steps, sg_samples=sg_samples,
+            occlusion_window=occlusion_window,
+        )  # fmt: skip
+        # pytorch-grad-cam's method objects, used only for their channel weighting (they hook nothing here)
+        with restored_mode(self.model):
+            self._weightings = {c.method: cam_class(c.method)(self.model, target_layers=[]) for c in self.single_pass}
+
+    def _take_options(
+        self, *, batch_size, workers, amp, aug_smooth, eigen_smooth, fast_decode, dicom_window, ig_steps, sg_samples,
+        occlusion_window,
+    ) -> None:  # fmt: skip
+        """Check and keep the options (self.configs, self.device and self.checkpoint set), and sort the
+        configurations by how they are computed: one pass, Captum's attributions, or the library's own passes."""
+        size = self.checkpoint.image_size
         if not 2 <= ig_steps <= 1024:
             raise UsageError(f"--ig-steps: got {ig_steps}; must be a whole number from 2 to 1024")
         if not 1 <= sg_samples <= 1024:
@@ -255,13 +271,11 @@ class Engine:
         self.eigen_smooth = eigen_smooth
         self.fast_decode = fast_decode
         self.dicom_window = dicom_window
+        configs = self.configs
         self.single_pass = [c for c in configs if c.method in SINGLE_PASS and not aug_smooth]
         self.attribution = [c for c in configs if c.method in ATTRIBUTION]
         self.library_path = [c for c in configs if c not in self.single_pass and c not in self.attribution]
         self._pool: ThreadPoolExecutor | None = None
-        # pytorch-grad-cam's method objects, used only for their channel weighting (they hook nothing here)
-        with restored_mode(self.model):
-            self._weightings = {c.method: cam_class(c.method)(self.model, target_layers=[]) for c in self.single_pass}
 
     def map_shapes(self) -> dict[str, tuple[int, int]]:
         """{configuration name: (h, w)} of the raw maps this engine makes: the layer's grid for the single-pass

@@ -63,18 +63,12 @@ def open_engine(
         configs = [CamConfig(settings.method, layer)]
     option = layer_option or ("--target-layer" if settings.target_layer else "the layer found automatically")
     if isinstance(checkpoint, DeferredCheckpoint) and can_defer(checkpoint, configs):
-        options = {
-            "batch_size": settings.batch_size, "workers": settings.workers, "amp": settings.amp,
-            "aug_smooth": settings.aug_smooth, "eigen_smooth": settings.eigen_smooth,
-            "fast_decode": settings.fast_decode, "dicom_window": settings.dicom_window, "ig_steps": settings.ig_steps,
-            "sg_samples": settings.sg_samples, "occlusion_window": settings.occlusion_window,
-        }  # fmt: skip
         engine = DeferredEngine(
             checkpoint,
             lambda: build_engine(settings, checkpoint.loaded(), configs, option),
             settings.torch_device,
             configs,
-            options,
+            engine_options(settings),
         )
     else:
         real = checkpoint.loaded() if isinstance(checkpoint, DeferredCheckpoint) else checkpoint
@@ -88,6 +82,16 @@ def open_engine(
     return engine
 
 
+def engine_options(settings: ModelSettings) -> dict:
+    """What the settings say about how the engine explains (beyond the checkpoint, device and configurations)."""
+    return {
+        "batch_size": settings.batch_size, "workers": settings.workers, "amp": settings.amp,
+        "aug_smooth": settings.aug_smooth, "eigen_smooth": settings.eigen_smooth, "fast_decode": settings.fast_decode,
+        "dicom_window": settings.dicom_window, "ig_steps": settings.ig_steps, "sg_samples": settings.sg_samples,
+        "occlusion_window": settings.occlusion_window,
+    }  # fmt: skip
+
+
 def build_engine(settings: ModelSettings, checkpoint, configs, layer_option: str = "--target-layer") -> Engine:
     """An engine of `checkpoint` (a loaded one) with every option the settings give: the one constructor, so that
     engines of one run (sanity's randomised copies included) explain alike."""
@@ -95,18 +99,9 @@ def build_engine(settings: ModelSettings, checkpoint, configs, layer_option: str
         checkpoint,
         device=settings.torch_device,
         method=settings.method,
-        batch_size=settings.batch_size,
-        workers=settings.workers,
-        amp=settings.amp,
-        aug_smooth=settings.aug_smooth,
-        eigen_smooth=settings.eigen_smooth,
-        fast_decode=settings.fast_decode,
         configs=configs,
-        dicom_window=settings.dicom_window,
         layer_option=layer_option,
-        ig_steps=settings.ig_steps,
-        sg_samples=settings.sg_samples,
-        occlusion_window=settings.occlusion_window,
+        **engine_options(settings),
     )
 
 
